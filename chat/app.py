@@ -1,0 +1,145 @@
+"""The application factory: wires the parts together and does no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import WSCloseCode, web
+from redis.asyncio import Redis
+
+from chat import keys, views
+from chat.bus import Bus
+from chat.errors import error_middleware, security_headers
+from chat.history import HistoryStore
+from chat.hub import Hub
+from chat.metrics import Metrics
+from chat.ratelimit import UserLimits
+from chat.registry import UserRegistry
+from chat.relay import Relay
+from chat.settings import Settings
+from chat.ws import websocket_handler
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+STATIC = ROOT / "static"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    bus: Bus | None = None,
+    history: HistoryStore | None = None,
+    registry: UserRegistry | None = None,
+) -> web.Application:
+    """Build the application; backends default to what the settings name."""
+    app = web.Application(
+        middlewares=[error_middleware, security_headers], client_max_size=64 * 1024
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = metrics = Metrics()
+
+    redis_client = None
+    if settings.redis_url is not None and (history is None or registry is None):
+        from chat.redis_client import connect
+
+        redis_client = connect(settings)
+        app.cleanup_ctx.append(_close_redis(redis_client))
+    if history is None:
+        if redis_client is not None:
+            from chat.history.redis import RedisHistory
+
+            history = RedisHistory(redis_client, settings.redis_prefix, settings.history_limit)
+        else:
+            from chat.history.memory import MemoryHistory
+
+            history = MemoryHistory(settings.history_limit)
+    if registry is None:
+        if redis_client is not None:
+            from chat.registry.redis import RedisRegistry
+
+            registry = RedisRegistry(
+                redis_client,
+                settings.secret_key,
+                prefix=settings.redis_prefix,
+                instance_id=settings.instance_id,
+                ttl=settings.presence_ttl,
+            )
+        else:
+            from chat.registry.memory import MemoryRegistry
+
+            registry = MemoryRegistry(settings.secret_key)
+    if bus is None:
+        if settings.kafka_bootstrap_servers is not None:
+            from chat.bus.kafka import KafkaBus
+
+            bus = KafkaBus(settings, metrics)
+        else:
+            from chat.bus.embedded import EmbeddedBus
+
+            bus = EmbeddedBus()
+
+    hub = Hub()
+    app[keys.BUS] = bus
+    app[keys.HISTORY] = history
+    app[keys.REGISTRY] = registry
+    app[keys.HUB] = hub
+    app[keys.RELAY] = Relay(hub, history, registry, bus, metrics, settings.presence_ttl)
+    app[keys.SEND_LIMITS] = UserLimits(settings.send_rate, settings.send_burst)
+    app[keys.FRAME_LIMITS] = UserLimits(settings.frame_rate, settings.frame_burst)
+
+    aiohttp_jinja2.setup(
+        app, loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape()
+    )
+    app.add_routes(views.routes)
+    app.router.add_get("/ws", websocket_handler, name="ws")
+    app.router.add_static("/static", STATIC, name="static")
+
+    app.cleanup_ctx.extend([_relay, _bus])
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+def _close_redis(client: Redis) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def redis_connection(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
+    return redis_connection
+
+
+async def _relay(app: web.Application) -> AsyncIterator[None]:
+    relay = app[keys.RELAY]
+    await relay.start()
+    yield
+    await relay.stop()
+
+
+async def _bus(app: web.Application) -> AsyncIterator[None]:
+    """Start consuming where history stops, so nothing the bus took is missing from it."""
+    bus, history = app[keys.BUS], app[keys.HISTORY]
+    try:
+        resume = await asyncio.wait_for(history.positions(), 5.0)
+    except Exception as exc:
+        log.warning("history did not say where it stops (%r); consuming from now", exc)
+        resume = {}
+    await bus.start(app[keys.RELAY].deliver, resume)
+    yield
+    await bus.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """Close every socket at once with 1001 so clients reconnect elsewhere."""
+    connections = list(app[keys.HUB].connections)
+    with contextlib.suppress(Exception):
+        await asyncio.gather(
+            *(c.close(WSCloseCode.GOING_AWAY, "server shutting down") for c in connections),
+            return_exceptions=True,
+        )

@@ -1,0 +1,104 @@
+"""The local hub: which of this instance's connections are in which room."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from chat.connection import Connection
+
+
+class Hub:
+    """Fans encoded frames out to local connections; knows sockets, not the bus."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, set[Connection]] = {}
+        self._users: dict[str, set[Connection]] = {}
+        self.connections: set[Connection] = set()
+
+    def connect(self, conn: Connection) -> None:
+        """Register an authenticated connection."""
+        self.connections.add(conn)
+        self._users.setdefault(conn.user, set()).add(conn)
+
+    def disconnect(self, conn: Connection) -> list[str]:
+        """Forget a connection; return the rooms its user no longer has any connection in."""
+        self.connections.discard(conn)
+        gone = [room for room in list(conn.rooms) if self.leave(conn, room)]
+        users = self._users.get(conn.user)
+        if users is not None:
+            users.discard(conn)
+            if not users:
+                del self._users[conn.user]
+        return gone
+
+    def connection_count(self, user: str) -> int:
+        """How many connections a user has on this instance."""
+        return len(self._users.get(user, ()))
+
+    def join(self, conn: Connection, room: str) -> bool:
+        """Subscribe, holding frames back until go_live; True if the user is new in the room."""
+        newcomer = not self._present(conn.user, room)
+        conn.rooms[room] = []
+        self._rooms.setdefault(room, set()).add(conn)
+        return newcomer
+
+    def go_live(self, conn: Connection, room: str, answered: set[bytes]) -> None:
+        """Release held-back frames, skipping messages the join answer already carried."""
+        held = conn.rooms.get(room)
+        if held is None:
+            return
+        conn.rooms[room] = None
+        for frame in held:
+            if frame not in answered:
+                conn.send(frame)
+
+    def leave(self, conn: Connection, room: str) -> bool:
+        """Unsubscribe; True if that was the user's last connection in the room here."""
+        if room not in conn.rooms:
+            return False
+        del conn.rooms[room]
+        members = self._rooms.get(room)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del self._rooms[room]
+        return not self._present(conn.user, room)
+
+    def _present(self, user: str, room: str) -> bool:
+        return any(room in c.rooms for c in self._users.get(user, ()))
+
+    def has_room(self, room: str) -> bool:
+        """Whether any local connection is in a room."""
+        return room in self._rooms
+
+    def rooms(self) -> list[str]:
+        """Rooms with at least one local connection."""
+        return list(self._rooms)
+
+    def presence(self) -> Iterator[tuple[str, str]]:
+        """Every (room, user) pair present on this instance."""
+        for room, members in self._rooms.items():
+            for user in {c.user for c in members}:
+                yield room, user
+
+    def broadcast(
+        self,
+        room: str,
+        frame: bytes,
+        *,
+        exclude_user: str | None = None,
+    ) -> int:
+        """Queue one encoded frame for every local connection in a room; never waits."""
+        members = self._rooms.get(room)
+        if not members:
+            return 0
+        sent = 0
+        for conn in tuple(members):
+            if conn.user == exclude_user:
+                continue
+            held = conn.rooms.get(room)
+            if held is not None:
+                held.append(frame)
+            elif conn.send(frame):
+                sent += 1
+        return sent

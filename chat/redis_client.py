@@ -1,0 +1,21 @@
+"""The one Redis client an instance shares between its history store and user registry."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from chat.settings import Settings
+
+
+def connect(settings: Settings) -> Redis:
+    """Build a client from REDIS_URL; it connects lazily, so this does no I/O."""
+    assert settings.redis_url is not None
+    # rediss:// turns TLS on (Upstash and most hosted Redis require it).
+    return Redis.from_url(
+        settings.redis_url.reveal(),
+        socket_timeout=5.0,
+        socket_connect_timeout=3.0,
+        health_check_interval=15,
+        retry_on_timeout=False,
+        decode_responses=False,
+    )
