@@ -51,6 +51,7 @@ class Settings:
     kafka_bootstrap_servers: str | None = None
     kafka_topic: str = "chat.messages"
     kafka_partitions: int = 8
+    kafka_fetch_wait_ms: int = 100
     kafka_security_protocol: str | None = None
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
@@ -181,6 +182,7 @@ class Settings:
             kafka_bootstrap_servers=bootstrap,
             kafka_topic=topic,
             kafka_partitions=positive("KAFKA_PARTITIONS", 8, int),
+            kafka_fetch_wait_ms=positive("KAFKA_FETCH_WAIT_MS", 100, int),
             kafka_security_protocol=security,
             kafka_sasl_mechanism=mechanism,
             kafka_sasl_username=get("KAFKA_SASL_USERNAME"),

@@ -57,6 +57,7 @@ def make_settings(backend: str, request: pytest.FixtureRequest) -> Callable[...,
             "kafka_bootstrap_servers": broker.bootstrap,
             "kafka_topic": topic,
             "kafka_partitions": 4,
+            "kafka_fetch_wait_ms": 10,
             "redis_url": Secret(redis.url),
             "redis_prefix": prefix,
         }
@@ -92,7 +93,9 @@ async def make_client(
 
 
 @pytest.fixture
-async def client(make_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> TestClient[Any, Any]:
+async def client(
+    make_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+) -> TestClient[Any, Any]:
     """One app instance on the backend under test."""
     return await make_client()
 
@@ -115,7 +118,9 @@ class Peer:
             return self._pending.pop(0)
         msg = await self.ws.receive(timeout=timeout)
         if msg.type is not WSMsgType.TEXT:
-            raise AssertionError(f"expected a text frame, got {msg.type} {msg.data!r} {msg.extra!r}")
+            raise AssertionError(
+                f"expected a text frame, got {msg.type} {msg.data!r} {msg.extra!r}"
+            )
         frame: dict[str, Any] = json.loads(msg.data)
         self.seen.append(frame)
         return frame

@@ -53,8 +53,15 @@ async def test_lookalike_usernames_cannot_squat(client: Client) -> None:
 
 
 async def test_invalid_registrations_get_json_400(client: Client) -> None:
-    for body in ({"username": ""}, {"username": "x" * 25}, {"username": "a b"},
-                 {"username": "émile"}, {"name": "bob"}, {"username": 5}, [1]):
+    for body in (
+        {"username": ""},
+        {"username": "x" * 25},
+        {"username": "a b"},
+        {"username": "émile"},
+        {"name": "bob"},
+        {"username": 5},
+        [1],
+    ):
         resp = await client.post("/api/clients", json=body)
         assert resp.status == 400, body
         assert (await resp.json())["error"]["code"] in ("invalid_username", "bad_request")
@@ -162,8 +169,12 @@ async def test_no_auth_within_deadline_closes_4401(make_client: Any) -> None:
 
 async def test_forged_token_closes_4401(client: Client) -> None:
     _, token = await register(client)
-    for frame in ({"type": "auth", "token": token + "x"}, {"type": "auth", "token": "bob.sig"},
-                  {"type": "join", "room": "general"}, {"type": "auth"}):
+    for frame in (
+        {"type": "auth", "token": token + "x"},
+        {"type": "auth", "token": "bob.sig"},
+        {"type": "join", "room": "general"},
+        {"type": "auth"},
+    ):
         peer = Peer(await client.ws_connect("/ws"))
         await peer.send(**frame)
         error = await peer.expect("error")
@@ -171,7 +182,9 @@ async def test_forged_token_closes_4401(client: Client) -> None:
         assert await peer.closed() == 4401
 
 
-async def test_no_impersonation_the_token_names_the_sender(client: Client, peers: list[Peer]) -> None:
+async def test_no_impersonation_the_token_names_the_sender(
+    client: Client, peers: list[Peer]
+) -> None:
     alice, _, peer, _ = await joined_peer(client)
     peers.append(peer)
     c = cid()
@@ -191,7 +204,9 @@ async def test_ping_pong(client: Client, peers: list[Peer]) -> None:
     await peer.expect("pong")
 
 
-async def test_bad_frames_get_errors_and_the_connection_stays(client: Client, peers: list[Peer]) -> None:
+async def test_bad_frames_get_errors_and_the_connection_stays(
+    client: Client, peers: list[Peer]
+) -> None:
     _, token = await register(client)
     peer = await connect(client, token)
     peers.append(peer)
@@ -203,7 +218,10 @@ async def test_bad_frames_get_errors_and_the_connection_stays(client: Client, pe
         ('{"type": "dance"}', "unknown_type"),
         ('{"type": "send", "room": "general"}', "bad_frame"),
         ('{"type": "send", "room": "general", "text": "x", "cid": ""}', "bad_frame"),
-        (json.dumps({"type": "send", "room": "general", "text": "x", "cid": "c" * 65}), "bad_frame"),
+        (
+            json.dumps({"type": "send", "room": "general", "text": "x", "cid": "c" * 65}),
+            "bad_frame",
+        ),
         ('{"type": "history", "room": "general", "limit": 0}', "bad_frame"),
         ('{"type": "history", "room": "general", "limit": 101}', "bad_frame"),
         ('{"type": "join", "room": "Not A Room"}', "invalid_room"),
@@ -270,7 +288,9 @@ async def test_unavailable_bus_refuses_with_the_cid(client: Client, peers: list[
 # Guarantees on one instance
 
 
-async def test_ack_is_own_message_after_the_bus_stored_it(client: Client, peers: list[Peer]) -> None:
+async def test_ack_is_own_message_after_the_bus_stored_it(
+    client: Client, peers: list[Peer]
+) -> None:
     user, token, peer, _ = await joined_peer(client)
     peers.append(peer)
     message = await send_and_ack(peer, "general", "hello <b>world</b>")
@@ -283,7 +303,9 @@ async def test_ack_is_own_message_after_the_bus_stored_it(client: Client, peers:
     assert [m["id"] for m in (await resp.json())["messages"]] == [message["id"]]
 
 
-async def test_resending_a_cid_never_makes_a_second_message(client: Client, peers: list[Peer]) -> None:
+async def test_resending_a_cid_never_makes_a_second_message(
+    client: Client, peers: list[Peer]
+) -> None:
     _, token, peer, _ = await joined_peer(client)
     peers.append(peer)
     c = cid()
