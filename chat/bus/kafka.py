@@ -21,11 +21,10 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    NewTopic,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from chat.bus.base import Bus, BusUnavailable, Deliver, Record
 from chat.metrics import Metrics
