@@ -8,11 +8,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -133,8 +135,19 @@ def run_redis() -> Iterator[RedisServer]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="chat-redis-") as workdir:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -143,3 +156,61 @@ def run_redis() -> Iterator[RedisServer]:
             yield RedisServer(port, proc, f"redis://127.0.0.1:{port}/0")
         finally:
             stop(proc)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class AppProcess:
+    """`python app.py` running as its own process, the way operators run it."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    output: Any
+
+    def log(self) -> str:
+        """What the process printed so far."""
+        self.output.seek(0)
+        return str(self.output.read().decode(errors="replace"))
+
+    @property
+    def url(self) -> str:
+        """The base HTTP URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """kill -9, and reap."""
+        stop(self.proc, signal.SIGKILL)
+
+
+def start_app(
+    env: dict[str, str], port: int | None = None, ready_path: str = "/readyz"
+) -> AppProcess:
+    """Start an instance and wait until `ready_path` answers 200."""
+    import urllib.error
+    import urllib.request
+
+    port = port or free_port()
+    output = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=REPO,
+        env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)},
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            output.seek(0)
+            raise RuntimeError(f"app.py exited with {proc.returncode}: {output.read().decode()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1) as r:
+                if r.status == 200:
+                    return AppProcess(port, proc, output)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)  # polling an HTTP endpoint; there is no event to wait on
+    stop(proc, signal.SIGKILL)
+    raise TimeoutError(f"app.py on {port} was not ready within 30s")

@@ -1,0 +1,215 @@
+"""Several instances on one Kafka and one Redis behave as one chat server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+from confluent_kafka import Producer
+
+from chat import protocol
+from chat.settings import Settings
+from tests.conftest import TEST_SECRET, Peer, connect, joined_peer, register, unique
+from tests.services import start_app
+
+pytestmark = [pytest.mark.distributed, pytest.mark.parametrize("backend", ["distributed"])]
+
+Client = TestClient[Any, Any]
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+def cid() -> str:
+    return uuid.uuid4().hex
+
+
+async def history_ids(client: Client, token: str, room: str) -> list[str]:
+    resp = await client.get(
+        f"/api/rooms/{room}/messages?limit=100", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status == 200
+    return [m["id"] for m in (await resp.json())["messages"]]
+
+
+async def test_a_message_sent_on_one_instance_reaches_the_others(
+    make_client: MakeClient, peers: list[Peer]
+) -> None:
+    one, two = await make_client(), await make_client()
+    room = unique("x")[:20]
+    alice, _, a, _ = await joined_peer(one, room)
+    bob, _, b, _ = await joined_peer(two, room)
+    peers.extend([a, b])
+    c = cid()
+    await a.send(type="send", room=room, text="across", cid=c)
+    mine = await a.expect("message", cid=c)
+    theirs = await b.expect("message", cid=c)
+    assert mine == theirs
+    await b.send(type="typing", room=room)
+    assert (await a.expect("typing", room=room))["user"] == bob
+    await a.expect("presence", room=room, users=sorted([alice, bob]))
+
+
+async def test_concurrent_senders_on_three_instances_see_one_order(
+    make_client: MakeClient, peers: list[Peer]
+) -> None:
+    instances = [await make_client() for _ in range(3)]
+    room = unique("o")[:20]
+    members = [await joined_peer(inst, room) for inst in instances for _ in range(2)]
+    peers.extend(p for _, _, p, _ in members)
+    per_sender = 15
+    await asyncio.gather(
+        *(
+            p.send(type="send", room=room, text=f"{n}:{i}", cid=cid())
+            for n, (_, _, p, _) in enumerate(members)
+            for i in range(per_sender)
+        )
+    )
+    total = per_sender * len(members)
+    orders = [[m["id"] for m in await p.messages(room, total)] for _, _, p, _ in members]
+    assert all(order == orders[0] for order in orders)
+    assert len(set(orders[0])) == total
+    for inst in instances:
+        assert await history_ids(inst, members[0][1], room) == orders[0][-100:]
+
+
+async def test_the_same_cid_on_another_instance_is_one_message(
+    make_client: MakeClient, peers: list[Peer]
+) -> None:
+    one, two = await make_client(), await make_client()
+    room = unique("d")[:20]
+    _, token, a, _ = await joined_peer(one, room)
+    peers.append(a)
+    c = cid()
+    await a.send(type="send", room=room, text="only once", cid=c)
+    first = await a.expect("message", cid=c)
+    again = await connect(two, token)
+    peers.append(again)
+    await again.send(type="join", room=room, since=first["id"])
+    await again.expect("joined", room=room)
+    await again.send(type="send", room=room, text="only once", cid=c)
+    assert await again.expect("message", cid=c) == first
+    marker = await send(again, room, "marker")
+    assert await history_ids(one, token, room) == [first["id"], marker["id"]]
+
+
+async def send(peer: Peer, room: str, text: str) -> dict[str, Any]:
+    c = cid()
+    await peer.send(type="send", room=room, text=text, cid=c)
+    return await peer.expect("message", cid=c)
+
+
+async def test_reconnecting_to_another_instance_recovers_exactly_the_gap(
+    make_client: MakeClient, peers: list[Peer]
+) -> None:
+    one, two = await make_client(), await make_client()
+    room = unique("g")[:20]
+    _, _, writer, _ = await joined_peer(one, room)
+    _, token, reader, _ = await joined_peer(one, room)
+    peers.append(writer)
+    last = await send(writer, room, "seen")
+    assert (await reader.expect("message", room=room))["id"] == last["id"]
+    await reader.close()
+    missed = [await send(writer, room, f"missed {i}") for i in range(5)]
+    back = await connect(two, token)
+    peers.append(back)
+    await back.send(type="join", room=room, since=last["id"])
+    joined = await back.expect("joined", room=room)
+    assert [m["id"] for m in joined["messages"]] == [m["id"] for m in missed]
+    assert joined["reset"] is False
+    live = await send(writer, room, "live")
+    assert (await back.expect("message", room=room))["id"] == live["id"]
+    assert not [f for f in back._pending if f["type"] == "message"]
+
+
+async def test_history_survives_restarting_every_instance(
+    make_client: MakeClient, peers: list[Peer]
+) -> None:
+    first = [await make_client(), await make_client()]
+    room = unique("s")[:20]
+    _, token, peer, _ = await joined_peer(first[0], room)
+    sent = [await send(peer, room, f"m{i}") for i in range(3)]
+    await peer.close()
+    for client in first:
+        await client.close()
+    restarted = await make_client()
+    assert await history_ids(restarted, token, room) == [m["id"] for m in sent]
+    again = await connect(restarted, token)
+    peers.append(again)
+    await again.send(type="join", room=room, since=sent[0]["id"])
+    joined = await again.expect("joined", room=room)
+    assert [m["id"] for m in joined["messages"]] == [m["id"] for m in sent[1:]]
+
+
+async def test_a_message_kafka_took_but_history_never_saw_is_recovered(
+    make_client: MakeClient, make_settings: Callable[..., Settings], peers: list[Peer]
+) -> None:
+    """An instance died after the broker took a message and before Redis had it."""
+    settings = make_settings()
+    first = await make_client()
+    room = unique("k")[:20]
+    user, token, peer, _ = await joined_peer(first, room)
+    before = await send(peer, room, "before the crash")
+    await peer.close()
+    await first.close()
+    # What the dead instance had produced: acknowledged by Kafka, never written to Redis.
+    orphan = protocol.Message(
+        room=room,
+        id=protocol.message_id(room, user, "orphan"),
+        user=user,
+        text="acknowledged, then the instance died",
+        ts=int(time.time() * 1000),
+        cid="orphan",
+    )
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "acks": "all"})
+    producer.produce(settings.kafka_topic, value=protocol.encode(orphan), key=room.encode())
+    assert producer.flush(10) == 0
+    second = await make_client()
+    watcher = await connect(second, token)
+    peers.append(watcher)
+    await watcher.send(type="join", room=room, since=before["id"])
+    joined = await watcher.expect("joined", room=room)
+    if not joined["messages"]:
+        await watcher.expect("message", room=room, id=orphan.id)
+    else:
+        assert [m["id"] for m in joined["messages"]] == [orphan.id]
+    assert await history_ids(second, token, room) == [before["id"], orphan.id]
+
+
+async def test_presence_heals_after_an_instance_is_killed(
+    make_client: MakeClient, make_settings: Callable[..., Settings], peers: list[Peer]
+) -> None:
+    settings = make_settings()
+    assert settings.redis_url is not None
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": str(settings.kafka_bootstrap_servers),
+        "KAFKA_TOPIC": settings.kafka_topic,
+        "KAFKA_FETCH_WAIT_MS": "10",
+        "REDIS_URL": settings.redis_url.reveal(),
+        "REDIS_PREFIX": settings.redis_prefix,
+        "SECRET_KEY": TEST_SECRET.reveal(),
+        "PRESENCE_TTL": "3",
+    }
+    doomed = await asyncio.to_thread(start_app, env)
+    survivor = await make_client()
+    room = unique("p")[:20]
+    alice, _, a, _ = await joined_peer(survivor, room)
+    peers.append(a)
+    bob, bob_token = await register(survivor)
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"{doomed.url}/ws")
+            await ws.send_str(json.dumps({"type": "auth", "token": bob_token}))
+            await ws.send_str(json.dumps({"type": "join", "room": room, "since": None}))
+            await a.expect("presence", room=room, users=sorted([alice, bob]))
+            await asyncio.to_thread(doomed.kill)
+            started = time.monotonic()
+            await a.expect("presence", timeout=30, room=room, users=[alice])
+            assert time.monotonic() - started < 30
+    finally:
+        await asyncio.to_thread(doomed.kill)
