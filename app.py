@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -41,9 +42,18 @@ def main() -> None:
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
+    try:
+        run(app, settings, loop_factory)
+    except OSError as exc:
+        print(f"chat: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(app: web.Application, settings: Settings, loop_factory: Any) -> None:
+    """Serve until SIGTERM or SIGINT."""
     web.run_app(
         app,
-        host=settings.host,
+        host=settings.hosts,
         port=settings.port,
         shutdown_timeout=settings.shutdown_timeout,
         print=None,

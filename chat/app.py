@@ -15,12 +15,19 @@ from redis.asyncio import Redis
 
 from chat import keys, views
 from chat.bus import Bus
+from chat.bus.embedded import EmbeddedBus
+from chat.bus.kafka import KafkaBus
 from chat.errors import error_middleware, security_headers
 from chat.history import HistoryStore
+from chat.history.memory import MemoryHistory
+from chat.history.redis import RedisHistory
 from chat.hub import Hub
 from chat.metrics import Metrics
 from chat.ratelimit import UserLimits
+from chat.redis_client import connect as connect_redis
 from chat.registry import UserRegistry
+from chat.registry.memory import MemoryRegistry
+from chat.registry.redis import RedisRegistry
 from chat.relay import Relay
 from chat.settings import Settings
 from chat.ws import websocket_handler
@@ -41,50 +48,38 @@ def create_app(
 ) -> web.Application:
     """Build the application; backends default to what the settings name."""
     app = web.Application(
-        middlewares=[error_middleware, security_headers], client_max_size=64 * 1024
+        middlewares=[security_headers, error_middleware], client_max_size=64 * 1024
     )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics = Metrics()
 
     redis_client = None
     if settings.redis_url is not None and (history is None or registry is None):
-        from chat.redis_client import connect
-
-        redis_client = connect(settings)
+        redis_client = connect_redis(settings)
         app.cleanup_ctx.append(_close_redis(redis_client))
     if history is None:
-        if redis_client is not None:
-            from chat.history.redis import RedisHistory
-
-            history = RedisHistory(redis_client, settings.redis_prefix, settings.history_limit)
-        else:
-            from chat.history.memory import MemoryHistory
-
-            history = MemoryHistory(settings.history_limit)
+        history = (
+            RedisHistory(redis_client, settings.redis_prefix, settings.history_limit)
+            if redis_client is not None
+            else MemoryHistory(settings.history_limit)
+        )
     if registry is None:
-        if redis_client is not None:
-            from chat.registry.redis import RedisRegistry
-
-            registry = RedisRegistry(
+        registry = (
+            RedisRegistry(
                 redis_client,
                 settings.secret_key,
                 prefix=settings.redis_prefix,
                 instance_id=settings.instance_id,
                 ttl=settings.presence_ttl,
             )
-        else:
-            from chat.registry.memory import MemoryRegistry
-
-            registry = MemoryRegistry(settings.secret_key)
+            if redis_client is not None
+            else MemoryRegistry(settings.secret_key)
+        )
     if bus is None:
-        if settings.kafka_bootstrap_servers is not None:
-            from chat.bus.kafka import KafkaBus
-
-            bus = KafkaBus(settings, metrics)
-        else:
-            from chat.bus.embedded import EmbeddedBus
-
-            bus = EmbeddedBus()
+        bus = KafkaBus(settings, metrics) if settings.distributed_bus else EmbeddedBus()
+    metrics.instance.info(
+        {"instance": settings.instance_id, "bus": bus.name, "history": history.name}
+    )
 
     hub = Hub()
     app[keys.BUS] = bus

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 log = logging.getLogger(__name__)
+
+DROP_GRACE_S = 1.0
 
 Buffer = list[bytes]
 
@@ -59,17 +62,23 @@ class Connection:
             pass
 
     def drop(self, code: int, reason: str) -> None:
-        """Close from outside the handler, without waiting on the peer."""
+        """Cut off a client that does not read, without waiting on it.
+
+        Its socket is not draining, so a polite close would wait forever: queue the close
+        frame behind what is already buffered, and abort the connection shortly after.
+        """
         if self.closing:
             return
         self.closing = True
         self._on_drop(self)
-        task = asyncio.create_task(self.close(code, reason))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        self._writer.cancel()
+        transport = self._transport
+        if isinstance(transport, asyncio.Transport) and not transport.is_closing():
+            transport.write(_close_frame(code, reason))
+            asyncio.get_running_loop().call_later(DROP_GRACE_S, transport.abort)
 
     async def close(self, code: int, reason: str = "", timeout: float = 1.0) -> None:
-        """Stop writing, send a close frame, and abort the transport if the peer is stuck."""
+        """Stop writing and close politely; abort the transport if the peer is stuck."""
         self.closing = True
         self._writer.cancel()
         try:
@@ -86,4 +95,7 @@ class Connection:
             await self._writer
 
 
-_background: set[asyncio.Task[None]] = set()
+def _close_frame(code: int, reason: str) -> bytes:
+    """An unmasked close frame, as a server sends it (RFC 6455, section 5.5.1)."""
+    payload = struct.pack("!H", code) + reason.encode()[:123]
+    return bytes([0x88, len(payload)]) + payload

@@ -88,6 +88,11 @@ class Relay:
                 )
 
     @property
+    def history_healthy(self) -> bool:
+        """False while history is failing and batches wait in the backlog."""
+        return not self._backlog
+
+    @property
     def history_backlog(self) -> int:
         """Messages waiting for history."""
         return len(self._backlog)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets
 import socket
@@ -56,6 +57,7 @@ class Settings:
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: Secret | None = None
+    kafka_ssl_ca_location: str | None = None
     redis_url: Secret | None = None
     redis_prefix: str = "chat:"
     secret_key: Secret = dataclasses.field(default_factory=lambda: Secret(secrets.token_hex(32)))
@@ -76,6 +78,11 @@ class Settings:
     presence_ttl: float = 15.0
     heartbeat: float = 20.0
     shutdown_timeout: float = 5.0
+
+    @property
+    def hosts(self) -> list[str]:
+        """The addresses to listen on: HOST may list several, e.g. `0.0.0.0,::`."""
+        return [h.strip() for h in self.host.split(",") if h.strip()]
 
     @property
     def distributed_bus(self) -> bool:
@@ -108,8 +115,8 @@ class Settings:
 
         def positive(name: str, default: T, convert: Callable[[str], T]) -> T:
             value = parse(name, default, convert, "number")
-            if value <= 0:  # type: ignore[operator]
-                raise SettingsError(f"{name}={get(name)!r} must be greater than 0")
+            if not math.isfinite(value) or value <= 0:  # type: ignore[operator, arg-type]
+                raise SettingsError(f"{name}={get(name)!r} must be a number greater than 0")
             return value
 
         port = parse("PORT", 8080, int, "port number")
@@ -175,6 +182,8 @@ class Settings:
 
         secret = get("SECRET_KEY")
         history_limit = positive("HISTORY_LIMIT", 1000, int)
+        if history_limit < 1000:
+            raise SettingsError("HISTORY_LIMIT must be at least 1000 (the contract keeps 1,000)")
 
         return cls(
             host=get("HOST") or "127.0.0.1",
@@ -187,6 +196,7 @@ class Settings:
             kafka_sasl_mechanism=mechanism,
             kafka_sasl_username=get("KAFKA_SASL_USERNAME"),
             kafka_sasl_password=Secret(password) if password else None,
+            kafka_ssl_ca_location=get("KAFKA_SSL_CA_LOCATION"),
             redis_url=Secret(redis_url) if redis_url else None,
             redis_prefix=get("REDIS_PREFIX") or "chat:",
             secret_key=Secret(secret) if secret else Secret(secrets.token_hex(32)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable
 
 import aiohttp_jinja2
@@ -76,7 +77,7 @@ async def room_messages(request: web.Request) -> web.Response:
     if not protocol.valid_room(room):
         return json_error(400, "invalid_room", "room names are 1-32 of a-z 0-9 _ -")
     raw_limit = request.query.get("limit", str(protocol.DEFAULT_PAGE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= protocol.MAX_PAGE:
+    if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= protocol.MAX_PAGE:
         return json_error(400, "bad_request", f"limit must be 1 to {protocol.MAX_PAGE}")
     limit = int(raw_limit)
     history = request.app[keys.HISTORY]

@@ -31,7 +31,7 @@ def origin_allowed(request: web.Request) -> bool:
     if origin is None:
         return True  # not a browser; such clients still need a token
     allowed = request.app[keys.SETTINGS].allowed_origins
-    if origin.rstrip("/") in allowed or "*" in allowed:
+    if origin.rstrip("/") in allowed:
         return True
     return urlsplit(origin).netloc.lower() == request.host.lower()
 
@@ -44,7 +44,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     settings = app[keys.SETTINGS]
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat,
-        max_msg_size=protocol.MAX_FRAME_BYTES,
+        max_msg_size=protocol.MAX_FRAME_BYTES + 1,  # aiohttp refuses frames >= the limit
         # Deflate would compress every broadcast once per recipient; see docs/benchmarks.md.
         compress=False,
     )
@@ -98,6 +98,9 @@ async def _authenticate(
         frame = protocol.decode_client_frame(msg.data)
     except protocol.FrameError:
         frame = None
+    app[keys.METRICS].frames_in.labels(
+        "auth" if isinstance(frame, protocol.Auth) else "invalid"
+    ).inc()
     user = (
         app[keys.REGISTRY].authenticate(frame.token) if isinstance(frame, protocol.Auth) else None
     )
@@ -146,17 +149,21 @@ class Session:
     async def handle(self, data: str | bytes) -> None:
         """Decode one frame and act on it; nothing a client sends can raise out of here."""
         try:
-            frame = protocol.decode_client_frame(data)
+            frame: protocol.ClientFrame | None = protocol.decode_client_frame(data)
+            refused = None
         except protocol.FrameError as exc:
-            self._metrics.frames_in.labels("invalid").inc()
-            self.refuse(exc.code, exc.message)
-            return
-        kind = type(frame).__struct_config__.tag
-        self._metrics.frames_in.labels(str(kind)).inc()
-        if not self._frame_limits.allow(self.user):
+            frame, refused = None, exc
+        if not self._frame_limits.allow(self.user):  # invalid frames count too
             self._metrics.rate_limited.inc()
             self.refuse("rate_limited", "too many frames; slow down", getattr(frame, "cid", None))
             return
+        if frame is None:
+            assert refused is not None
+            self._metrics.frames_in.labels("invalid").inc()
+            self.refuse(refused.code, refused.message)
+            return
+        kind = type(frame).__struct_config__.tag
+        self._metrics.frames_in.labels(str(kind)).inc()
         try:
             match frame:
                 case protocol.Send():
@@ -194,10 +201,11 @@ class Session:
             return
         if room in self.conn.rooms:
             self._hub.leave(self.conn, room)  # a re-join resynchronises; presence is unchanged
-        if self._hub.join(self.conn, room):
-            await _bounded(self._registry.enter(room, self.user))
-            self._relay.presence_changed(room)
+        newcomer = self._hub.join(self.conn, room)
         try:
+            if newcomer:
+                await _bounded(self._registry.enter(room, self.user))
+                self._relay.presence_changed(room)
             reset = False
             page: Page | None = None
             if frame.since is not None:
@@ -258,12 +266,13 @@ class Session:
             self.refuse("rate_limited", "you are sending too fast", cid)
             return
         message_id = protocol.message_id(frame.room, self.user, cid)
-        try:
-            original = await _bounded(self._history.find(frame.room, message_id))
-        except Exception as exc:
-            # History down: send anyway; the relay drops a second copy by id.
-            log.debug("de-duplication lookup failed: %r", exc)
-            original = None
+        original = None
+        if self._relay.history_healthy:
+            try:
+                original = await _bounded(self._history.find(frame.room, message_id))
+            except (TimeoutError, Unavailable) as exc:
+                # Send anyway: the relay drops a second copy of an id it has seen.
+                log.debug("de-duplication lookup failed: %r", exc)
         if original is not None:
             self.conn.send(original)
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -184,6 +185,17 @@ async def joined_peer(
     await peer.send(type="join", room=room, since=None)
     joined = await peer.expect("joined", room=room)
     return username, token, peer, joined
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Wait for a condition that has no event of its own (an HTTP status, a backlog)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

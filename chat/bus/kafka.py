@@ -57,6 +57,8 @@ def common_config(settings: Settings) -> dict[str, Any]:
         config["sasl.username"] = settings.kafka_sasl_username
     if settings.kafka_sasl_password:
         config["sasl.password"] = settings.kafka_sasl_password.reveal()
+    if settings.kafka_ssl_ca_location:
+        config["ssl.ca.location"] = settings.kafka_ssl_ca_location
     return config
 
 
