@@ -253,7 +253,7 @@ class KafkaBus(Bus):
         deliver: Deliver,
         handled: dict[int, int],
     ) -> None:
-        next_lag = time.monotonic() + LAG_EVERY_S
+        next_lag = time.monotonic()
         reported: dict[int, float] = {}
         while not self._stop_consumer.is_set():
             batch: list[Record] = []
