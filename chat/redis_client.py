@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from chat.settings import Settings
 
@@ -11,11 +11,14 @@ def connect(settings: Settings) -> Redis:
     """Build a client from REDIS_URL; it connects lazily, so this does no I/O."""
     assert settings.redis_url is not None
     # rediss:// turns TLS on (Upstash and most hosted Redis require it).
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url.reveal(),
+        # Wait for a free connection instead of failing under a burst of joins and leaves.
+        max_connections=64,
+        timeout=5.0,
         socket_timeout=5.0,
         socket_connect_timeout=3.0,
         health_check_interval=15,
         retry_on_timeout=False,
-        decode_responses=False,
     )
+    return Redis(connection_pool=pool)

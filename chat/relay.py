@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 HISTORY_TIMEOUT_S = 2.0
 SEEN_IDS = 100_000
 BACKLOG_LIMIT = 200_000
+PRESENCE_COALESCE_S = 0.5
 
 
 class Relay:
@@ -201,6 +202,9 @@ class Relay:
                 timeout = max(0.0, next_refresh - loop.time())
                 await asyncio.wait_for(self._presence_wake.wait(), timeout)
             self._presence_wake.clear()
+            if self._presence_due:
+                # Let a burst of joins settle: one presence frame per room, not one per join.
+                await asyncio.sleep(PRESENCE_COALESCE_S)
             due, self._presence_due = self._presence_due, set()
             try:
                 if loop.time() >= next_refresh:

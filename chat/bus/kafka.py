@@ -257,7 +257,13 @@ class KafkaBus(Bus):
         reported: dict[int, float] = {}
         while not self._stop_consumer.is_set():
             batch: list[Record] = []
-            for msg in consumer.consume(num_messages=BATCH_MAX, timeout=POLL_S):
+            # Block for the first record only: consume(n, timeout) would wait for n of them.
+            first = consumer.poll(POLL_S)
+            if first is None:
+                messages = []
+            else:
+                messages = [first, *consumer.consume(num_messages=BATCH_MAX - 1, timeout=0)]
+            for msg in messages:
                 error = msg.error()
                 if error is not None:
                     if error.fatal():
