@@ -59,7 +59,12 @@ def create_app(
         app.cleanup_ctx.append(_close_redis(redis_client))
     if history is None:
         history = (
-            RedisHistory(redis_client, settings.redis_prefix, settings.history_limit)
+            RedisHistory(
+                redis_client,
+                settings.redis_prefix,
+                settings.history_limit,
+                log=settings.kafka_topic if settings.distributed_bus else "embedded",
+            )
             if redis_client is not None
             else MemoryHistory(settings.history_limit)
         )

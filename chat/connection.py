@@ -6,21 +6,42 @@ import asyncio
 import contextlib
 import logging
 import struct
+from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 log = logging.getLogger(__name__)
 
 DROP_GRACE_S = 1.0
+# Bytes the kernel has not taken yet, above which frames queue instead of being written.
+DIRECT_WRITE_LIMIT = 64 * 1024
 
 Buffer = list[bytes]
 
 
 class Connection:
-    """A socket fed through a bounded queue; a client that cannot keep up is dropped."""
+    """A socket fed without waiting; a client that cannot keep up is dropped.
 
-    __slots__ = ("_on_drop", "_queue", "_transport", "_writer", "closing", "rooms", "user", "ws")
+    While the socket drains, frames go straight to the transport: no queue, no task
+    switch, and a broadcast's wire bytes are shared by every recipient. Once the kernel
+    stops taking data, frames wait in a bounded backlog that one writer task drains with
+    aiohttp's flow control; when the backlog is full the client is dropped.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_limit",
+        "_on_drop",
+        "_transport",
+        "_wake",
+        "_writer",
+        "closing",
+        "rooms",
+        "user",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -31,32 +52,52 @@ class Connection:
         transport: asyncio.BaseTransport | None = None,
     ) -> None:
         self.ws = ws
-        self._transport = transport
         self.user = user
         # room -> None when live, or the frames held back while its join is being answered.
         self.rooms: dict[str, Buffer | None] = {}
         self.closing = False
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        # uvloop's transports have the interface without subclassing asyncio's classes.
+        self._transport = cast(asyncio.WriteTransport | None, transport)
+        self._backlog: deque[bytes] = deque()
+        self._limit = queue_size
+        self._wake = asyncio.Event()
         self._on_drop = on_drop
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{user}")
 
     def send(self, frame: bytes) -> bool:
-        """Queue a frame without waiting; drop the connection if its queue is full."""
+        """Send one encoded frame to this client without waiting."""
+        return self.send_wire(frame, wire_frame(frame))
+
+    def send_wire(self, frame: bytes, wire: bytes) -> bool:
+        """Send a frame whose wire bytes were built once for all recipients."""
         if self.closing:
             return False
-        try:
-            self._queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        transport = self._transport
+        if (
+            not self._backlog
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
+            and not self.ws.closed
+        ):
+            transport.write(wire)
+            return True
+        if len(self._backlog) >= self._limit:
             self.drop(WSCloseCode.TRY_AGAIN_LATER, "too slow: frames were not read")
             return False
+        self._backlog.append(frame)
+        self._wake.set()
         return True
 
     async def _write_loop(self) -> None:
-        queue, ws = self._queue, self.ws
+        backlog, ws, wake = self._backlog, self.ws, self._wake
         try:
             while True:
-                frame = await queue.get()
-                await ws.send_frame(frame, WSMsgType.TEXT)
+                await wake.wait()
+                while backlog:
+                    # send_frame waits while the transport is paused: flow control.
+                    await ws.send_frame(backlog.popleft(), WSMsgType.TEXT)
+                wake.clear()
         except (ConnectionError, RuntimeError):
             # The peer went away; the handler notices on its next read and cleans up.
             pass
@@ -73,7 +114,7 @@ class Connection:
         self._on_drop(self)
         self._writer.cancel()
         transport = self._transport
-        if isinstance(transport, asyncio.Transport) and not transport.is_closing():
+        if transport is not None and not transport.is_closing():
             transport.write(_close_frame(code, reason))
             asyncio.get_running_loop().call_later(DROP_GRACE_S, transport.abort)
 
@@ -84,7 +125,7 @@ class Connection:
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), timeout)
         except (TimeoutError, ConnectionError, RuntimeError):
-            if isinstance(self._transport, asyncio.Transport):
+            if self._transport is not None:
                 self._transport.abort()
 
     async def finish(self) -> None:
@@ -93,6 +134,16 @@ class Connection:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
+
+
+def wire_frame(payload: bytes) -> bytes:
+    """An unmasked, uncompressed text frame (RFC 6455, section 5.2): what a server sends."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 def _close_frame(code: int, reason: str) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from chat.connection import Connection
+from chat.connection import Connection, wire_frame
 
 
 class Hub:
@@ -92,6 +92,7 @@ class Hub:
         members = self._rooms.get(room)
         if not members:
             return 0
+        wire = wire_frame(frame)  # once, shared by every recipient
         sent = 0
         for conn in tuple(members):
             if conn.user == exclude_user:
@@ -99,6 +100,6 @@ class Hub:
             held = conn.rooms.get(room)
             if held is not None:
                 held.append(frame)
-            elif conn.send(frame):
+            elif conn.send_wire(frame, wire):
                 sent += 1
         return sent

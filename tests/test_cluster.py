@@ -213,3 +213,20 @@ async def test_presence_heals_after_an_instance_is_killed(
             assert time.monotonic() - started < 30
     finally:
         await asyncio.to_thread(doomed.kill)
+
+
+async def test_a_new_topic_on_the_same_redis_starts_delivering_at_once(
+    make_client: MakeClient, peers: list[Peer]
+) -> None:
+    """Resume positions belong to one topic: another topic's offsets must not be used."""
+    old = await make_client()
+    room = unique("t")[:20]
+    _, _, peer, _ = await joined_peer(old, room)
+    for i in range(5):
+        await send(peer, room, f"old topic {i}")
+    await peer.close()
+    await old.close()
+    fresh = await make_client(kafka_topic=unique("chat-test"))
+    _, _, again, _ = await joined_peer(fresh, room)
+    peers.append(again)
+    assert (await send(again, room, "new topic"))["text"] == "new topic"

@@ -68,7 +68,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         **common_config(settings),
         "acks": "all",
         "enable.idempotence": True,
-        "linger.ms": 2,
+        "linger.ms": 1,
         "compression.type": "lz4",
         # The sender hears `unavailable` after ACK_TIMEOUT; librdkafka keeps trying longer,
         # which is why a refused message "may or may not appear later".

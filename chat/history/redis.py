@@ -84,9 +84,11 @@ return page
 class RedisHistory(HistoryStore):
     """Keeps the latest `limit` messages per room; any instance may write any batch."""
 
-    def __init__(self, redis: Redis, prefix: str, limit: int) -> None:
+    def __init__(self, redis: Redis, prefix: str, limit: int, log: str) -> None:
         self.name = "redis"
         self.limit = limit
+        # Offsets only mean something within one log (one Kafka topic).
+        self._log = log
         self._redis = redis
         self._prefix = prefix
         self._append = redis.register_script(_APPEND)
@@ -103,7 +105,7 @@ class RedisHistory(HistoryStore):
 
     @property
     def _positions(self) -> str:
-        return f"{self._prefix}history:positions"
+        return f"{self._prefix}history:positions:{self._log}"
 
     async def append(self, entries: Sequence[Entry]) -> list[bool]:
         """Store a batch atomically; False where the id is kept at another offset."""
