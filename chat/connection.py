@@ -18,7 +18,8 @@ DROP_GRACE_S = 1.0
 # Bytes the kernel has not taken yet, above which frames queue instead of being written.
 DIRECT_WRITE_LIMIT = 64 * 1024
 
-Buffer = list[bytes]
+Held = list[tuple[int, bytes]]
+"""Frames (with their bus offsets) held back while a join is being answered."""
 
 
 class Connection:
@@ -53,8 +54,9 @@ class Connection:
     ) -> None:
         self.ws = ws
         self.user = user
-        # room -> None when live, or the frames held back while its join is being answered.
-        self.rooms: dict[str, Buffer | None] = {}
+        # room -> the frames held back while its join is answered, then, once live, the
+        # offset up to which the join answer already carried that room's messages.
+        self.rooms: dict[str, Held | int] = {}
         self.closing = False
         # uvloop's transports have the interface without subclassing asyncio's classes.
         self._transport = cast(asyncio.WriteTransport | None, transport)

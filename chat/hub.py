@@ -42,14 +42,14 @@ class Hub:
         self._rooms.setdefault(room, set()).add(conn)
         return newcomer
 
-    def go_live(self, conn: Connection, room: str, answered: set[bytes]) -> None:
-        """Release held-back frames, skipping messages the join answer already carried."""
+    def go_live(self, conn: Connection, room: str, through: int) -> None:
+        """Release held-back frames newer than what the join answer carried up to `through`."""
         held = conn.rooms.get(room)
-        if held is None:
+        if not isinstance(held, list):
             return
-        conn.rooms[room] = None
-        for frame in held:
-            if frame not in answered:
+        conn.rooms[room] = through
+        for offset, frame in held:
+            if offset < 0 or offset > through:
                 conn.send(frame)
 
     def leave(self, conn: Connection, room: str) -> bool:
@@ -86,9 +86,15 @@ class Hub:
         room: str,
         frame: bytes,
         *,
+        offset: int = -1,
         exclude_user: str | None = None,
     ) -> int:
-        """Queue one encoded frame for every local connection in a room; never waits."""
+        """Queue one encoded frame for every local connection in a room; never waits.
+
+        `offset` is the message's place in the room's log (-1 for ephemeral frames): a
+        connection whose join answer already reached it does not get it twice, which
+        happens when another instance wrote history before this one consumed the record.
+        """
         members = self._rooms.get(room)
         if not members:
             return 0
@@ -97,9 +103,9 @@ class Hub:
         for conn in tuple(members):
             if conn.user == exclude_user:
                 continue
-            held = conn.rooms.get(room)
-            if held is not None:
-                held.append(frame)
-            elif conn.send_wire(frame, wire):
+            state = conn.rooms.get(room)
+            if isinstance(state, list):
+                state.append((offset, frame))
+            elif (offset < 0 or state is None or offset > state) and conn.send_wire(frame, wire):
                 sent += 1
         return sent

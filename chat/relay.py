@@ -130,7 +130,7 @@ class Relay:
             if isinstance(event, protocol.Message):
                 if not stored.get(event.id, True) or not self._first_sighting(event.id, record):
                     continue
-                sent = hub.broadcast(event.room, record.value)
+                sent = hub.broadcast(event.room, record.value, offset=record.offset)
                 metrics.messages_delivered.inc(sent)
                 metrics.frames_out.labels("message").inc(sent)
                 metrics.deliver_latency.observe(max(0.0, now_ms - record.timestamp_ms) / 1000)

@@ -228,7 +228,7 @@ class Session:
                 )
             )
         )
-        self._hub.go_live(self.conn, room, set(page.messages))
+        self._hub.go_live(self.conn, room, page.through)
 
     async def _leave(self, frame: protocol.Leave) -> None:
         if self._check_room(frame.room, joined=True):

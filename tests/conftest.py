@@ -15,6 +15,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from chat import create_app
+from chat.bus import Bus
 from chat.settings import Secret, Settings
 from tests.services import Broker, RedisServer, run_broker, run_redis
 
@@ -87,8 +88,8 @@ async def make_client(
 ) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
     """Start an app instance (several share one cluster on the distributed backend)."""
 
-    async def start(**overrides: Any) -> TestClient[Any, Any]:
-        return await aiohttp_client(create_app(make_settings(**overrides)))
+    async def start(*, bus: Bus | None = None, **overrides: Any) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(make_settings(**overrides), bus=bus))
 
     return start
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -15,6 +15,9 @@ from aiohttp.test_utils import TestClient
 from confluent_kafka import Producer
 
 from chat import protocol
+from chat.bus import Deliver, Record
+from chat.bus.kafka import KafkaBus
+from chat.metrics import Metrics
 from chat.settings import Settings
 from tests.conftest import TEST_SECRET, Peer, connect, joined_peer, register, unique
 from tests.services import start_app
@@ -215,10 +218,10 @@ async def test_presence_heals_after_an_instance_is_killed(
         await asyncio.to_thread(doomed.kill)
 
 
-async def test_a_new_topic_on_the_same_redis_starts_delivering_at_once(
+async def test_a_new_topic_on_the_same_redis_is_a_new_history(
     make_client: MakeClient, peers: list[Peer]
 ) -> None:
-    """Resume positions belong to one topic: another topic's offsets must not be used."""
+    """Offsets order a room only within one topic: history and positions are per topic."""
     old = await make_client()
     room = unique("t")[:20]
     _, _, peer, _ = await joined_peer(old, room)
@@ -227,6 +230,54 @@ async def test_a_new_topic_on_the_same_redis_starts_delivering_at_once(
     await peer.close()
     await old.close()
     fresh = await make_client(kafka_topic=unique("chat-test"))
-    _, _, again, _ = await joined_peer(fresh, room)
+    _, _, again, joined = await joined_peer(fresh, room)
     peers.append(again)
+    assert joined["messages"] == []
     assert (await send(again, room, "new topic"))["text"] == "new topic"
+
+
+class GatedKafkaBus(KafkaBus):
+    """The real Kafka bus, with its deliveries held back on demand: a lagging consumer."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(settings, metrics)
+        self.held: list[Sequence[Record]] | None = None
+        self._deliver: Deliver | None = None
+
+    async def start(self, deliver: Deliver, resume: Mapping[int, int]) -> None:
+        self._deliver = deliver
+        await super().start(self._gate, resume)
+
+    def _gate(self, batch: Sequence[Record]) -> None:
+        if self.held is not None:
+            self.held.append(batch)
+        elif self._deliver is not None:
+            self._deliver(batch)
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for batch in held:
+            self._gate(batch)
+
+
+async def test_a_lagging_instance_does_not_repeat_what_a_join_already_showed(
+    make_client: MakeClient, make_settings: Callable[..., Settings], peers: list[Peer]
+) -> None:
+    one = await make_client()
+    settings = make_settings()
+    gated = GatedKafkaBus(settings, Metrics())
+    two = await make_client(bus=gated)
+    room = unique("lag")[:20]
+    _, _, writer, _ = await joined_peer(one, room)
+    peers.append(writer)
+    gated.held = []
+    shown = [await send(writer, room, f"written by one {i}") for i in range(3)]
+    _, token = await register(two)
+    reader = await connect(two, token)
+    peers.append(reader)
+    await reader.send(type="join", room=room, since=None)
+    joined = await reader.expect("joined", room=room)
+    assert [m["id"] for m in joined["messages"]] == [m["id"] for m in shown]
+    gated.release()
+    fresh = await send(writer, room, "new")
+    assert (await reader.expect("message", room=room))["id"] == fresh["id"]

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from chat import keys, protocol
 from tests.conftest import Peer, connect, eventually, register
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
 json_values = st.recursive(
     json_scalars,
     lambda inner: (

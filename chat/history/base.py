@@ -20,10 +20,16 @@ class Entry(NamedTuple):
 
 
 class Page(NamedTuple):
-    """Encoded messages, oldest first, and whether older ones exist."""
+    """Encoded messages, oldest first, and whether older ones exist.
+
+    `through` is the bus offset the page reaches: of its newest message, or for a page
+    after an id with nothing newer, of that id. A join answered with this page must not
+    deliver that room's records at or below it again (-1: no such bound).
+    """
 
     messages: list[bytes]
     has_more: bool
+    through: int = -1
 
 
 class HistoryUnavailable(Unavailable):

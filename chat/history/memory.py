@@ -84,7 +84,8 @@ class MemoryHistory(HistoryStore):
         kept = self._rooms.get(room)
         if kept is None:
             return Page([], False)
-        return Page(kept.frames[-limit:], len(kept.frames) > limit)
+        through = kept.offsets[-1] if kept.offsets else -1
+        return Page(kept.frames[-limit:], len(kept.frames) > limit, through)
 
     async def after(self, room: str, message_id: str) -> Page | None:
         """Everything after a kept id."""
@@ -92,7 +93,7 @@ class MemoryHistory(HistoryStore):
         at = kept.position(message_id) if kept else None
         if kept is None or at is None:
             return None
-        return Page(kept.frames[at + 1 :], at + 1 > 0)
+        return Page(kept.frames[at + 1 :], True, kept.offsets[-1])
 
     async def before(self, room: str, message_id: str, limit: int) -> Page:
         """Up to `limit` messages older than a kept id."""

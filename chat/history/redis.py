@@ -50,11 +50,11 @@ return results
 """
 
 # Reads one page atomically, so a concurrent trim never leaves an id without its frame.
-# Returns false for an unknown id (after), else {has_more, frame, frame, ...}.
+# Returns false for an unknown id (after), else {has_more, through, frame, frame, ...}.
 _PAGE = """
 local order, frames = KEYS[1], KEYS[2]
 local mode, id, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local ids, more = {}, 0
+local ids, more, through = {}, 0, '-1'
 if mode == 'latest' then
   ids = redis.call('ZRANGE', order, -(limit + 1), -1)
   if #ids > limit then table.remove(ids, 1); more = 1 end
@@ -62,11 +62,11 @@ else
   local score = redis.call('ZSCORE', order, id)
   if not score then
     if mode == 'after' then return false end
-    return {0}
+    return {0, through}
   end
   if mode == 'after' then
     ids = redis.call('ZRANGEBYSCORE', order, '(' .. score, '+inf')
-    more = 1
+    more, through = 1, score
   else
     local newest_first = redis.call('ZREVRANGEBYSCORE', order, '(' .. score, '-inf',
                                     'LIMIT', 0, limit + 1)
@@ -74,8 +74,10 @@ else
     for i = #newest_first, 1, -1 do ids[#ids + 1] = newest_first[i] end
   end
 end
-if #ids == 0 then return {more} end
+if #ids == 0 then return {more, through} end
+if mode ~= 'before' then through = redis.call('ZSCORE', order, ids[#ids]) end
 local page = redis.call('HMGET', frames, unpack(ids))
+table.insert(page, 1, through)
 table.insert(page, 1, more)
 return page
 """
@@ -87,7 +89,7 @@ class RedisHistory(HistoryStore):
     def __init__(self, redis: Redis, prefix: str, limit: int, log: str) -> None:
         self.name = "redis"
         self.limit = limit
-        # Offsets only mean something within one log (one Kafka topic).
+        # Offsets order a room only within one log (one Kafka topic): keys are per log.
         self._log = log
         self._redis = redis
         self._prefix = prefix
@@ -95,13 +97,13 @@ class RedisHistory(HistoryStore):
         self._page = redis.register_script(_PAGE)
 
     def _order(self, room: str) -> str:
-        return f"{self._prefix}history:{room}:order"
+        return f"{self._prefix}history:{self._log}:{room}:order"
 
     def _frames(self, room: str) -> str:
-        return f"{self._prefix}history:{room}:frames"
+        return f"{self._prefix}history:{self._log}:{room}:frames"
 
     def _recent(self, room: str, message_id: str) -> str:
-        return f"{self._prefix}recent:{room}:{message_id}"
+        return f"{self._prefix}recent:{self._log}:{room}:{message_id}"
 
     @property
     def _positions(self) -> str:
@@ -130,9 +132,9 @@ class RedisHistory(HistoryStore):
         )
         if reply is None:
             return None
-        more, *frames = reply
+        more, through, *frames = reply
         # A frame can only be missing if the keys were edited by hand; skip rather than fail.
-        return Page([f for f in frames if f is not None], bool(more))
+        return Page([f for f in frames if f is not None], bool(more), int(float(through)))
 
     async def latest(self, room: str, limit: int) -> Page:
         """The newest `limit` messages."""
