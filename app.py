@@ -24,10 +24,12 @@ def main() -> None:
     log = logging.getLogger("chat")
     app = create_app(settings)
     log.info(
-        "chat instance %s on http://%s:%d bus=%s history=%s",
+        "chat instance %s on %s bus=%s history=%s",
         settings.instance_id,
-        settings.host,
-        settings.port,
+        " ".join(
+            f"http://[{h}]:{settings.port}" if ":" in h else f"http://{h}:{settings.port}"
+            for h in settings.hosts
+        ),
         app[keys.BUS].name,
         app[keys.HISTORY].name,
     )

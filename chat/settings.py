@@ -180,13 +180,20 @@ class Settings:
             if origin and urlsplit(origin).scheme not in ("http", "https"):
                 raise SettingsError(f"ALLOWED_ORIGINS entry {origin!r} must start with http(s)://")
 
+        host = get("HOST") or "127.0.0.1"
+        if not [h for h in host.split(",") if h.strip()]:
+            raise SettingsError(f"HOST={host!r} names no address")
+        ca_location = get("KAFKA_SSL_CA_LOCATION")
+        if ca_location is not None and not os.access(ca_location, os.R_OK):
+            raise SettingsError(f"KAFKA_SSL_CA_LOCATION={ca_location!r} is not a readable file")
+
         secret = get("SECRET_KEY")
         history_limit = positive("HISTORY_LIMIT", 1000, int)
         if history_limit < 1000:
             raise SettingsError("HISTORY_LIMIT must be at least 1000 (the contract keeps 1,000)")
 
         return cls(
-            host=get("HOST") or "127.0.0.1",
+            host=host,
             port=port,
             kafka_bootstrap_servers=bootstrap,
             kafka_topic=topic,
@@ -196,7 +203,7 @@ class Settings:
             kafka_sasl_mechanism=mechanism,
             kafka_sasl_username=get("KAFKA_SASL_USERNAME"),
             kafka_sasl_password=Secret(password) if password else None,
-            kafka_ssl_ca_location=get("KAFKA_SSL_CA_LOCATION"),
+            kafka_ssl_ca_location=ca_location,
             redis_url=Secret(redis_url) if redis_url else None,
             redis_prefix=get("REDIS_PREFIX") or "chat:",
             secret_key=Secret(secret) if secret else Secret(secrets.token_hex(32)),

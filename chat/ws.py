@@ -74,7 +74,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             if msg.type is WSMsgType.TEXT:
                 await session.handle(msg.data)
             elif msg.type is WSMsgType.BINARY:
-                session.refuse("bad_frame", "frames must be text")
+                session.refuse_binary()
     finally:
         await session.close()
         metrics.connections.dec()
@@ -145,6 +145,15 @@ class Session:
         """Answer a frame with an error; the connection stays open."""
         self._metrics.errors.labels(code).inc()
         self.conn.send(protocol.error(code, message, cid))
+
+    def refuse_binary(self) -> None:
+        """Binary frames are not part of the protocol; they still count against the rate."""
+        self._metrics.frames_in.labels("invalid").inc()
+        if not self._frame_limits.allow(self.user):
+            self._metrics.rate_limited.inc()
+            self.refuse("rate_limited", "too many frames; slow down")
+            return
+        self.refuse("bad_frame", "frames must be text")
 
     async def handle(self, data: str | bytes) -> None:
         """Decode one frame and act on it; nothing a client sends can raise out of here."""

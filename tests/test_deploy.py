@@ -206,8 +206,8 @@ def test_fly_internal_port_is_the_image_port_and_the_app_port() -> None:
     assert Settings().port == internal_port, "the app's default port differs from the image's"
     # Fly's proxy reaches the machine on its private IPv4 address, not on loopback; the
     # image alone (docker run -p) must listen there too.
-    assert settings.host == "0.0.0.0"
-    assert Settings.from_env(env).host == "0.0.0.0"
+    assert "0.0.0.0" in settings.hosts
+    assert Settings.from_env(env).hosts == ["0.0.0.0"]
 
 
 def test_every_port_fly_scrapes_or_checks_is_the_app_port() -> None:

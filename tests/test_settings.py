@@ -71,6 +71,8 @@ def test_secrets_do_not_print() -> None:
         {"LOG_FORMAT": "xml"},
         {"LOG_LEVEL": "LOUD"},
         {"ALLOWED_ORIGINS": "*"},
+        {"HOST": " , "},
+        {"KAFKA_SSL_CA_LOCATION": "/no/such/ca.pem"},
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str]) -> None:
