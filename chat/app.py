@@ -17,7 +17,7 @@ from chat import keys, views
 from chat.bus import Bus
 from chat.bus.embedded import EmbeddedBus
 from chat.bus.kafka import KafkaBus
-from chat.errors import error_middleware, security_headers
+from chat.errors import Unavailable, error_middleware, security_headers
 from chat.history import HistoryStore
 from chat.history.memory import MemoryHistory
 from chat.history.redis import RedisHistory
@@ -123,16 +123,41 @@ async def _relay(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _bus(app: web.Application) -> AsyncIterator[None]:
-    """Start consuming where history stops, so nothing the bus took is missing from it."""
-    bus, history = app[keys.BUS], app[keys.HISTORY]
-    try:
-        resume = await asyncio.wait_for(history.positions(), 5.0)
-    except Exception as exc:
-        log.warning("history did not say where it stops (%r); consuming from now", exc)
-        resume = {}
-    await bus.start(app[keys.RELAY].deliver, resume)
+    """Start consuming where history stops, so nothing the bus took is missing from it.
+
+    If history cannot say where it stops, the consumer waits until it can: starting from
+    the end would skip messages that only a dead instance held for history. Until then the
+    instance is not ready, and sends are refused with `unavailable`.
+    """
+    bus, history, relay = app[keys.BUS], app[keys.HISTORY], app[keys.RELAY]
+    resume = await _positions(history)
+    waiting: asyncio.Task[None] | None = None
+    if resume is not None:
+        await bus.start(relay.deliver, resume)
+    else:
+        log.warning("history did not say where it stops; the bus starts once it does")
+        waiting = asyncio.create_task(_start_when_history_answers(app))
     yield
+    if waiting is not None:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
     await bus.close()
+
+
+async def _positions(history: HistoryStore) -> dict[int, int] | None:
+    try:
+        return await asyncio.wait_for(history.positions(), 5.0)
+    except (TimeoutError, Unavailable):
+        return None
+
+
+async def _start_when_history_answers(app: web.Application) -> None:
+    delay = 0.5
+    while (resume := await _positions(app[keys.HISTORY])) is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    log.info("history answered; starting the bus")
+    await app[keys.BUS].start(app[keys.RELAY].deliver, resume)
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -62,6 +62,11 @@ class Metrics:
         self.history_write_failures = Counter(
             "chat_history_write_failures", "Batches the history store did not take.", registry=r
         )
+        self.history_dropped = Counter(
+            "chat_history_dropped",
+            "Messages dropped from a full history backlog (history may miss them).",
+            registry=r,
+        )
         self.history_backlog = Gauge(
             "chat_history_backlog", "Messages waiting to be written to history.", registry=r
         )

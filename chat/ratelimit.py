@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+SWEEP_ABOVE = 10_000
+
 
 class TokenBucket:
     """Allows `rate` events a second on average and bursts of up to `burst`."""
@@ -19,6 +21,10 @@ class TokenBucket:
         self._clock = clock
         self._tokens = float(burst)
         self._stamp = clock()
+
+    def full(self) -> bool:
+        """Whether the bucket has refilled completely (forgetting it changes nothing)."""
+        return self._tokens + (self._clock() - self._stamp) * self.rate >= self.burst
 
     def allow(self) -> bool:
         """Take one token if there is one."""
@@ -47,5 +53,10 @@ class UserLimits:
         return bucket.allow()
 
     def forget(self, user: str) -> None:
-        """Drop a user's bucket."""
-        self._buckets.pop(user, None)
+        """Drop a disconnected user's bucket once it has refilled, so reconnecting is no reset."""
+        bucket = self._buckets.get(user)
+        if bucket is not None and bucket.full():
+            del self._buckets[user]
+        if len(self._buckets) > SWEEP_ABOVE:
+            for name in [n for n, b in self._buckets.items() if b.full()]:
+                del self._buckets[name]

@@ -159,8 +159,10 @@ class Relay:
                 return verdict
         self._backlog.extend(entries)
         while len(self._backlog) > BACKLOG_LIMIT:
-            # Never written here; still on the bus, from where a restart replays it.
+            # Bounded memory over completeness: after this, only an instance that was
+            # running and writing at the time fills the gap (docs/reliability.md).
             self._backlog.popleft()
+            self._metrics.history_dropped.inc()
         self._metrics.history_backlog.set(len(self._backlog))
         self._backlog_wake.set()
         return {}

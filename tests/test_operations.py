@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,20 +24,21 @@ HOSTED = {
     "KAFKA_SASL_MECHANISM": "PLAIN",
     "KAFKA_SASL_USERNAME": "API_KEY",
     "KAFKA_SASL_PASSWORD": "API_SECRET",
-    "KAFKA_SSL_CA_LOCATION": "/etc/ssl/certs/aiven-ca.pem",
     "REDIS_URL": "rediss://default:pw@eu1-fond-cat-1.upstash.io:6379",
 }
 
 
-def test_sasl_ssl_settings_reach_the_kafka_clients() -> None:
-    settings = Settings.from_env(HOSTED)
+def test_sasl_ssl_settings_reach_the_kafka_clients(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = Settings.from_env({**HOSTED, "KAFKA_SSL_CA_LOCATION": str(ca)})
     for config in (producer_config(settings), consumer_config(settings)):
         assert config["bootstrap.servers"] == HOSTED["KAFKA_BOOTSTRAP_SERVERS"]
         assert config["security.protocol"] == "SASL_SSL"
         assert config["sasl.mechanism"] == "PLAIN"
         assert config["sasl.username"] == "API_KEY"
         assert config["sasl.password"] == "API_SECRET"
-        assert config["ssl.ca.location"] == "/etc/ssl/certs/aiven-ca.pem"
+        assert config["ssl.ca.location"] == str(ca)
     producer = producer_config(settings)
     assert producer["acks"] == "all" and producer["enable.idempotence"] is True
     consumer = consumer_config(settings)

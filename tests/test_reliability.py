@@ -363,3 +363,75 @@ def test_settings_json_logs(capsys: pytest.CaptureFixture[str]) -> None:
     entry = json.loads(line)
     assert entry["msg"] == "hello world" and entry["instance"] == "inst-1"
     configure("INFO", "text", "inst-1")
+
+
+async def test_reconnecting_does_not_reset_the_send_rate(
+    make_client: MakeClient, peers: list[Peer]
+) -> None:
+    client = await make_client(send_rate=0.05, send_burst=2)
+    room = unique("again")[:20]
+    _, token, first, _ = await joined_peer(client, room)
+    await send(first, room, "one")
+    await send(first, room, "two")
+    await first.close()
+    back = await connect(client, token)
+    peers.append(back)
+    await back.send(type="join", room=room, since=None)
+    await back.expect("joined", room=room)
+    c = cid()
+    await back.send(type="send", room=room, text="three", cid=c)
+    assert (await back.expect("error", cid=c))["code"] == "rate_limited"
+
+
+@distributed_only
+async def test_an_instance_started_while_redis_is_down_replays_history_when_it_returns(
+    make_client: MakeClient,
+    make_settings: Callable[..., Settings],
+    own_redis: RedisServer,
+    peers: list[Peer],
+) -> None:
+    from confluent_kafka import Producer
+
+    from chat import protocol
+
+    redis_url = Secret(own_redis.url)
+    first = await make_client(redis_url=redis_url)
+    room = unique("late")[:20]
+    user, token, peer, _ = await joined_peer(first, room)
+    before = await send(peer, room, "before")
+    await peer.close()
+    await first.close()
+    own_redis.pause()
+    try:
+        # Acknowledged by Kafka for an instance that then died, before Redis had it.
+        orphan = protocol.Message(
+            room=room,
+            id=protocol.message_id(room, user, "orphan"),
+            user=user,
+            text="only Kafka has me",
+            ts=int(time.time() * 1000),
+            cid="orphan",
+        )
+        settings = make_settings()
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+        producer.produce(settings.kafka_topic, value=protocol.encode(orphan), key=room.encode())
+        assert producer.flush(10) == 0
+        second = await make_client(redis_url=redis_url)
+        resp = await second.get("/readyz")
+        assert resp.status == 503
+    finally:
+        own_redis.resume()
+
+    async def ready() -> bool:
+        return (await second.get("/readyz")).status == 200
+
+    await eventually(ready, what="readiness once Redis is back")
+
+    async def replayed() -> bool:
+        resp = await second.get(
+            f"/api/rooms/{room}/messages", headers={"Authorization": f"Bearer {token}"}
+        )
+        ids = [m["id"] for m in (await resp.json())["messages"]]
+        return ids == [before["id"], orphan.id]
+
+    await eventually(replayed, what="the orphan message in history")

@@ -248,6 +248,7 @@ function onJoined(frame) {
   if (frame.reset || !state.everJoined) state.hasMore = Boolean(frame.has_more);
   state.joined = true;
   state.everJoined = true;
+  joinRetryDelay = 1000;
   connection.markSeen(room, list.newestId);
   renderPeople(frame.users);
   renderHistoryNote();
@@ -299,6 +300,16 @@ function onHistory(frame) {
   maybeLoadOlder();
 }
 
+let joinRetryDelay = 1000;
+
+function retryJoin() {
+  flash("The server cannot load this room right now; retrying…", "info");
+  setTimeout(() => {
+    if (!state.joined) connection.join(room);
+  }, joinRetryDelay);
+  joinRetryDelay = Math.min(joinRetryDelay * 2, 15000);
+}
+
 function onError(frame) {
   const cid = typeof frame.cid === "string" ? frame.cid : null;
   const entry = cid ? outbox.get(cid) : null;
@@ -312,6 +323,9 @@ function onError(frame) {
           list.setStatus(cid, "pending", "Server busy, retrying…");
           flash("The server could not store your message yet; retrying automatically.", "info");
         }
+      } else if (!state.joined) {
+        // The join itself was refused (history unavailable): ask again, backing off.
+        retryJoin();
       } else {
         flash(frame.message || "The server is temporarily unavailable.");
       }
