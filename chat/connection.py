@@ -36,7 +36,6 @@ class Connection:
         "_limit",
         "_on_drop",
         "_transport",
-        "_wake",
         "_writer",
         "closing",
         "rooms",
@@ -62,9 +61,9 @@ class Connection:
         self._transport = cast(asyncio.WriteTransport | None, transport)
         self._backlog: deque[bytes] = deque()
         self._limit = queue_size
-        self._wake = asyncio.Event()
         self._on_drop = on_drop
-        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{user}")
+        # Started only while a backlog exists: an idle connection costs no task.
+        self._writer: asyncio.Task[None] | None = None
 
     def send(self, frame: bytes) -> bool:
         """Send one encoded frame to this client without waiting."""
@@ -88,21 +87,27 @@ class Connection:
             self.drop(WSCloseCode.TRY_AGAIN_LATER, "too slow: frames were not read")
             return False
         self._backlog.append(frame)
-        self._wake.set()
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._drain_backlog(), name=f"ws-writer-{self.user}")
         return True
 
-    async def _write_loop(self) -> None:
-        backlog, ws, wake = self._backlog, self.ws, self._wake
+    async def _drain_backlog(self) -> None:
+        backlog, ws = self._backlog, self.ws
         try:
-            while True:
-                await wake.wait()
-                while backlog:
-                    # send_frame waits while the transport is paused: flow control.
-                    await ws.send_frame(backlog.popleft(), WSMsgType.TEXT)
-                wake.clear()
+            while backlog:
+                # send_frame waits while the transport is paused: flow control.
+                await ws.send_frame(backlog.popleft(), WSMsgType.TEXT)
         except (ConnectionError, RuntimeError):
             # The peer went away; the handler notices on its next read and cleans up.
             pass
+        finally:
+            self._writer = None
+
+    def _stop_writer(self) -> asyncio.Task[None] | None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+        return writer
 
     def drop(self, code: int, reason: str) -> None:
         """Cut off a client that does not read, without waiting on it.
@@ -114,7 +119,7 @@ class Connection:
             return
         self.closing = True
         self._on_drop(self)
-        self._writer.cancel()
+        self._stop_writer()
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(_close_frame(code, reason))
@@ -123,7 +128,7 @@ class Connection:
     async def close(self, code: int, reason: str = "", timeout: float = 1.0) -> None:
         """Stop writing and close politely; abort the transport if the peer is stuck."""
         self.closing = True
-        self._writer.cancel()
+        self._stop_writer()
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), timeout)
         except (TimeoutError, ConnectionError, RuntimeError):
@@ -133,9 +138,10 @@ class Connection:
     async def finish(self) -> None:
         """Stop the writer once the handler is done with the socket."""
         self.closing = True
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        writer = self._stop_writer()
+        if writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
 
 def wire_frame(payload: bytes) -> bytes:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from collections.abc import Awaitable
+from typing import TypeVar
 
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
+
+from chat.errors import Unavailable
 from chat.settings import Settings
+
+T = TypeVar("T")
 
 
 def connect(settings: Settings) -> Redis:
@@ -22,3 +29,11 @@ def connect(settings: Settings) -> Redis:
         retry_on_timeout=False,
     )
     return Redis(connection_pool=pool)
+
+
+async def answer(pending: Awaitable[T], unavailable: type[Unavailable]) -> T:
+    """Await a Redis call, turning a Redis failure into the caller's kind of Unavailable."""
+    try:
+        return await pending
+    except RedisError as exc:
+        raise unavailable(f"redis: {exc}") from exc

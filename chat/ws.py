@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 STORE_TIMEOUT_S = 3.0
+LEAVE_TIMEOUT_S = 30.0
 T = TypeVar("T")
 TYPING_INTERVAL_S = 1.5
 
@@ -254,7 +255,8 @@ class Session:
 
     async def _left(self, room: str) -> None:
         try:
-            await _bounded(self._registry.leave(room, self.user))
+            # Not bounded like a reply: a mass disconnect queues thousands of these.
+            await asyncio.wait_for(self._registry.leave(room, self.user), LEAVE_TIMEOUT_S)
         except Exception as exc:
             log.warning("could not record that %s left %s: %r", self.user, room, exc)
         self._relay.presence_changed(room)

@@ -159,6 +159,18 @@ class Peer:
         await self.ws.close()
 
 
+def new_cid() -> str:
+    """A client id for one message."""
+    return uuid.uuid4().hex
+
+
+async def send(peer: Peer, room: str, text: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Send and wait for the sender's own message: its acknowledgement."""
+    c = new_cid()
+    await peer.send(type="send", room=room, text=text, cid=c)
+    return await peer.expect("message", timeout, cid=c)
+
+
 async def register(client: TestClient[Any, Any], username: str | None = None) -> tuple[str, str]:
     """Create a client; return (username, token)."""
     username = username or unique("u")[:24]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,17 +18,13 @@ from chat.bus import Deliver, Record
 from chat.bus.kafka import KafkaBus
 from chat.metrics import Metrics
 from chat.settings import Settings
-from tests.conftest import TEST_SECRET, Peer, connect, joined_peer, register, unique
+from tests.conftest import TEST_SECRET, Peer, connect, joined_peer, new_cid, register, send, unique
 from tests.services import start_app
 
 pytestmark = [pytest.mark.distributed, pytest.mark.parametrize("backend", ["distributed"])]
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]
-
-
-def cid() -> str:
-    return uuid.uuid4().hex
 
 
 async def history_ids(client: Client, token: str, room: str) -> list[str]:
@@ -48,7 +43,7 @@ async def test_a_message_sent_on_one_instance_reaches_the_others(
     alice, _, a, _ = await joined_peer(one, room)
     bob, _, b, _ = await joined_peer(two, room)
     peers.extend([a, b])
-    c = cid()
+    c = new_cid()
     await a.send(type="send", room=room, text="across", cid=c)
     mine = await a.expect("message", cid=c)
     theirs = await b.expect("message", cid=c)
@@ -68,7 +63,7 @@ async def test_concurrent_senders_on_three_instances_see_one_order(
     per_sender = 15
     await asyncio.gather(
         *(
-            p.send(type="send", room=room, text=f"{n}:{i}", cid=cid())
+            p.send(type="send", room=room, text=f"{n}:{i}", cid=new_cid())
             for n, (_, _, p, _) in enumerate(members)
             for i in range(per_sender)
         )
@@ -88,7 +83,7 @@ async def test_the_same_cid_on_another_instance_is_one_message(
     room = unique("d")[:20]
     _, token, a, _ = await joined_peer(one, room)
     peers.append(a)
-    c = cid()
+    c = new_cid()
     await a.send(type="send", room=room, text="only once", cid=c)
     first = await a.expect("message", cid=c)
     again = await connect(two, token)
@@ -99,12 +94,6 @@ async def test_the_same_cid_on_another_instance_is_one_message(
     assert await again.expect("message", cid=c) == first
     marker = await send(again, room, "marker")
     assert await history_ids(one, token, room) == [first["id"], marker["id"]]
-
-
-async def send(peer: Peer, room: str, text: str) -> dict[str, Any]:
-    c = cid()
-    await peer.send(type="send", room=room, text=text, cid=c)
-    return await peer.expect("message", cid=c)
 
 
 async def test_reconnecting_to_another_instance_recovers_exactly_the_gap(

@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from chat import keys
-from tests.conftest import Peer, connect, joined_peer, register, unique
+from tests.conftest import Peer, connect, joined_peer, new_cid, register, send, unique
 
 Client = TestClient[Any, Any]
-
-
-def cid() -> str:
-    return uuid.uuid4().hex
-
-
-async def send_and_ack(peer: Peer, room: str, text: str) -> dict[str, Any]:
-    """Send and wait for the sender's own message (the acknowledgement)."""
-    c = cid()
-    await peer.send(type="send", room=room, text=text, cid=c)
-    return await peer.expect("message", room=room, cid=c)
-
-
-# HTTP
 
 
 async def test_register_returns_a_token(client: Client) -> None:
@@ -113,7 +98,7 @@ async def test_rest_history_pages_oldest_first(client: Client, peers: list[Peer]
     room = unique("r")[:20]
     _, token, peer, _ = await joined_peer(client, room)
     peers.append(peer)
-    sent = [await send_and_ack(peer, room, f"m{i}") for i in range(5)]
+    sent = [await send(peer, room, f"m{i}") for i in range(5)]
     auth = {"Authorization": f"Bearer {token}"}
     resp = await client.get(f"/api/rooms/{room}/messages?limit=2", headers=auth)
     body = await resp.json()
@@ -135,7 +120,7 @@ async def test_rest_history_pages_oldest_first(client: Client, peers: list[Peer]
 async def test_metrics_are_prometheus_text(client: Client, peers: list[Peer]) -> None:
     _, _, peer, _ = await joined_peer(client)
     peers.append(peer)
-    await send_and_ack(peer, "general", "hello")
+    await send(peer, "general", "hello")
     resp = await client.get("/metrics")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
@@ -187,7 +172,7 @@ async def test_no_impersonation_the_token_names_the_sender(
 ) -> None:
     alice, _, peer, _ = await joined_peer(client)
     peers.append(peer)
-    c = cid()
+    c = new_cid()
     await peer.send(type="send", room="general", text="hi", cid=c, user="mallory")
     message = await peer.expect("message", cid=c)
     assert message["user"] == alice
@@ -247,11 +232,11 @@ async def test_send_errors_carry_the_cid(client: Client, peers: list[Peer]) -> N
     _, _, peer, _ = await joined_peer(client)
     peers.append(peer)
     for text, code in (("   \n ", "empty_text"), ("x" * 2001, "text_too_long")):
-        c = cid()
+        c = new_cid()
         await peer.send(type="send", room="general", text=text, cid=c)
         error = await peer.expect("error", cid=c)
         assert error["code"] == code
-    ok = await send_and_ack(peer, "general", "  " + "y" * 2000 + "  ")
+    ok = await send(peer, "general", "  " + "y" * 2000 + "  ")
     assert ok["text"] == "y" * 2000
 
 
@@ -259,7 +244,7 @@ async def test_sending_too_fast_is_rate_limited(make_client: Any, peers: list[Pe
     client = await make_client(send_rate=0.5, send_burst=3)
     _, _, peer, _ = await joined_peer(client)
     peers.append(peer)
-    cids = [cid() for _ in range(5)]
+    cids = [new_cid() for _ in range(5)]
     for c in cids:
         await peer.send(type="send", room="general", text="spam", cid=c)
     for c in cids[:3]:
@@ -279,7 +264,7 @@ async def test_unavailable_bus_refuses_with_the_cid(client: Client, peers: list[
     _, _, peer, _ = await joined_peer(client)
     peers.append(peer)
     await client.app[keys.BUS].close()
-    c = cid()
+    c = new_cid()
     await peer.send(type="send", room="general", text="into the void", cid=c)
     error = await peer.expect("error", cid=c)
     assert error["code"] == "unavailable"
@@ -293,7 +278,7 @@ async def test_ack_is_own_message_after_the_bus_stored_it(
 ) -> None:
     user, token, peer, _ = await joined_peer(client)
     peers.append(peer)
-    message = await send_and_ack(peer, "general", "hello <b>world</b>")
+    message = await send(peer, "general", "hello <b>world</b>")
     assert message["user"] == user
     assert message["text"] == "hello <b>world</b>"
     assert isinstance(message["id"], str) and isinstance(message["ts"], int)
@@ -308,7 +293,7 @@ async def test_resending_a_cid_never_makes_a_second_message(
 ) -> None:
     _, token, peer, _ = await joined_peer(client)
     peers.append(peer)
-    c = cid()
+    c = new_cid()
     await peer.send(type="send", room="general", text="once", cid=c)
     first = await peer.expect("message", cid=c)
     await peer.close()
@@ -319,7 +304,7 @@ async def test_resending_a_cid_never_makes_a_second_message(
     await retry.send(type="send", room="general", text="once", cid=c)
     again = await retry.expect("message", cid=c)
     assert again == first
-    await send_and_ack(retry, "general", "after")
+    await send(retry, "general", "after")
     resp = await client.get(
         "/api/rooms/general/messages", headers={"Authorization": f"Bearer {token}"}
     )
@@ -331,11 +316,11 @@ async def test_resend_while_the_first_is_in_flight_yields_one_message(
 ) -> None:
     _, token, peer, _ = await joined_peer(client)
     peers.append(peer)
-    c = cid()
+    c = new_cid()
     for _ in range(3):
         await peer.send(type="send", room="general", text="dup", cid=c)
     first = await peer.expect("message", cid=c)
-    marker = await send_and_ack(peer, "general", "marker")
+    marker = await send(peer, "general", "marker")
     resp = await client.get(
         "/api/rooms/general/messages", headers={"Authorization": f"Bearer {token}"}
     )
@@ -352,7 +337,7 @@ async def test_one_order_for_every_client_and_history(client: Client, peers: lis
     per_sender = 10
     await asyncio.gather(
         *(
-            p.send(type="send", room=room, text=f"{n}-{i}", cid=cid())
+            p.send(type="send", room=room, text=f"{n}-{i}", cid=new_cid())
             for n, (_, _, p, _) in enumerate(members)
             for i in range(per_sender)
         )
@@ -378,7 +363,7 @@ async def test_join_shows_the_latest_50(client: Client, peers: list[Peer]) -> No
     room = unique("h")[:20]
     _, _, writer, _ = await joined_peer(client, room)
     peers.append(writer)
-    sent = [await send_and_ack(writer, room, f"m{i}") for i in range(55)]
+    sent = [await send(writer, room, f"m{i}") for i in range(55)]
     _, _, reader, joined = await joined_peer(client, room)
     peers.append(reader)
     assert [m["id"] for m in joined["messages"]] == [m["id"] for m in sent[5:]]
@@ -395,17 +380,17 @@ async def test_join_with_since_recovers_exactly_the_gap(client: Client, peers: l
     _, _, writer, _ = await joined_peer(client, room)
     _, token, reader, _ = await joined_peer(client, room)
     peers.extend([writer])
-    seen = await send_and_ack(writer, room, "before")
+    seen = await send(writer, room, "before")
     assert (await reader.expect("message", room=room))["id"] == seen["id"]
     await reader.close()
-    missed = [await send_and_ack(writer, room, f"missed {i}") for i in range(4)]
+    missed = [await send(writer, room, f"missed {i}") for i in range(4)]
     back = await connect(client, token)
     peers.append(back)
     await back.send(type="join", room=room, since=seen["id"])
     joined = await back.expect("joined", room=room)
     assert [m["id"] for m in joined["messages"]] == [m["id"] for m in missed]
     assert joined["reset"] is False
-    live = await send_and_ack(writer, room, "live")
+    live = await send(writer, room, "live")
     assert (await back.expect("message", room=room))["id"] == live["id"]
 
 
@@ -413,7 +398,7 @@ async def test_join_with_unknown_since_resets(client: Client, peers: list[Peer])
     room = unique("u")[:20]
     _, _, writer, _ = await joined_peer(client, room)
     peers.append(writer)
-    latest = await send_and_ack(writer, room, "x")
+    latest = await send(writer, room, "x")
     _, token = await register(client)
     peer = await connect(client, token)
     peers.append(peer)
@@ -429,7 +414,7 @@ async def test_messages_during_a_join_are_neither_lost_nor_doubled(
     room = unique("j")[:20]
     _, _, writer, _ = await joined_peer(client, room)
     peers.append(writer)
-    cids = [cid() for _ in range(40)]
+    cids = [new_cid() for _ in range(40)]
 
     async def write() -> None:
         for c in cids:
@@ -483,12 +468,12 @@ async def test_a_bad_client_does_not_disturb_others(client: Client, peers: list[
     peers.extend([good, bad])
     for junk in ("{", "null", '{"type":"send","room":"x"}', "\x00" * 100):
         await bad.ws.send_str(junk)
-    sent = await send_and_ack(good, room, "still here")
+    sent = await send(good, room, "still here")
     assert (await bad.expect("message", room=room))["id"] == sent["id"]
     huge = Peer(await client.ws_connect("/ws"))
     await huge.ws.send_str("x" * 20000)
     assert await huge.closed() == 1009
-    assert (await send_and_ack(good, room, "and here"))["text"] == "and here"
+    assert (await send(good, room, "and here"))["text"] == "and here"
 
 
 async def test_binary_and_close_frames_are_handled(client: Client) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -17,23 +16,23 @@ from aiohttp.test_utils import TestClient
 
 from chat import keys
 from chat.settings import Secret, Settings
-from tests.conftest import TEST_SECRET, Peer, connect, eventually, joined_peer, register, unique
+from tests.conftest import (
+    TEST_SECRET,
+    Peer,
+    connect,
+    eventually,
+    joined_peer,
+    new_cid,
+    register,
+    send,
+    unique,
+)
 from tests.rawws import RawWebSocket
 from tests.services import Broker, RedisServer, run_broker, run_redis, start_app, stop
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]
 distributed_only = pytest.mark.parametrize("backend", ["distributed"])
-
-
-def cid() -> str:
-    return uuid.uuid4().hex
-
-
-async def send(peer: Peer, room: str, text: str, timeout: float = 10.0) -> dict[str, Any]:
-    c = cid()
-    await peer.send(type="send", room=room, text=text, cid=c)
-    return await peer.expect("message", timeout, cid=c)
 
 
 @pytest.fixture
@@ -78,7 +77,7 @@ async def test_a_client_that_stops_reading_is_dropped(
     hub = client.app[keys.HUB]
     sent = 0
     while len(hub.connections) > 1:
-        burst = [cid() for _ in range(8)]  # within the good client's queue of 16
+        burst = [new_cid() for _ in range(8)]  # within the good client's queue of 16
         for c in burst:
             await good.send(type="send", room=room, text=f"{sent} {text}", cid=c)
             sent += 1
@@ -115,7 +114,7 @@ async def test_the_send_rate_is_per_user_across_connections(
     peers.extend([first, second, other])
     await send(first, room, "one")
     await send(second, room, "two")
-    c = cid()
+    c = new_cid()
     await first.send(type="send", room=room, text="three", cid=c)
     assert (await first.expect("error", cid=c))["code"] == "rate_limited"
     assert (await send(other, room, "others unaffected"))["text"] == "others unaffected"
@@ -166,7 +165,7 @@ async def test_kafka_unreachable_then_back(
     acked = [await send(peer, room, "before")]
     own_broker.pause()
     try:
-        c = cid()
+        c = new_cid()
         started = time.monotonic()
         await peer.send(type="send", room=room, text="during", cid=c)
         error = await peer.expect("error", cid=c)
@@ -378,7 +377,7 @@ async def test_reconnecting_does_not_reset_the_send_rate(
     peers.append(back)
     await back.send(type="join", room=room, since=None)
     await back.expect("joined", room=room)
-    c = cid()
+    c = new_cid()
     await back.send(type="send", room=room, text="three", cid=c)
     assert (await back.expect("error", cid=c))["code"] == "rate_limited"
 

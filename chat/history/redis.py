@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from chat.history.base import Entry, HistoryStore, HistoryUnavailable, Page
+from chat.redis_client import answer
 
 DEDUP_WINDOW_S = 600
 
@@ -171,7 +171,4 @@ class RedisHistory(HistoryStore):
         return None
 
     async def _call(self, pending: Any) -> Any:
-        try:
-            return await pending
-        except RedisError as exc:
-            raise HistoryUnavailable(f"redis: {exc}") from exc
+        return await answer(pending, HistoryUnavailable)

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from chat.errors import Unavailable
+from chat.redis_client import answer
 from chat.registry.base import UserRegistry
 from chat.settings import Secret
 
@@ -79,7 +79,4 @@ class RedisRegistry(UserRegistry):
         return None
 
     async def _call(self, pending: Any) -> Any:
-        try:
-            return await pending
-        except RedisError as exc:
-            raise RegistryUnavailable(f"redis: {exc}") from exc
+        return await answer(pending, RegistryUnavailable)
