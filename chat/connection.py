@@ -59,7 +59,7 @@ class Connection:
         self.closing = False
         # uvloop's transports have the interface without subclassing asyncio's classes.
         self._transport = cast(asyncio.WriteTransport | None, transport)
-        self._backlog: deque[bytes] = deque()
+        self._backlog: deque[bytes] | None = None  # made when first needed
         self._limit = queue_size
         self._on_drop = on_drop
         # Started only while a backlog exists: an idle connection costs no task.
@@ -74,8 +74,9 @@ class Connection:
         if self.closing:
             return False
         transport = self._transport
+        backlog = self._backlog
         if (
-            not self._backlog
+            not backlog
             and transport is not None
             and not transport.is_closing()
             and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
@@ -83,16 +84,19 @@ class Connection:
         ):
             transport.write(wire)
             return True
-        if len(self._backlog) >= self._limit:
+        if backlog is None:
+            backlog = self._backlog = deque()
+        if len(backlog) >= self._limit:
             self.drop(WSCloseCode.TRY_AGAIN_LATER, "too slow: frames were not read")
             return False
-        self._backlog.append(frame)
+        backlog.append(frame)
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain_backlog(), name=f"ws-writer-{self.user}")
         return True
 
     async def _drain_backlog(self) -> None:
         backlog, ws = self._backlog, self.ws
+        assert backlog is not None
         try:
             while backlog:
                 # send_frame waits while the transport is paused: flow control.

@@ -127,6 +127,22 @@ def _count_drop(app: web.Application) -> Callable[[Connection], None]:
 class Session:
     """What one authenticated connection may do, frame by frame."""
 
+    __slots__ = (
+        "_acks",
+        "_bus",
+        "_frame_limits",
+        "_history",
+        "_hub",
+        "_metrics",
+        "_registry",
+        "_relay",
+        "_send_limits",
+        "_settings",
+        "_typed_at",
+        "conn",
+        "user",
+    )
+
     def __init__(self, app: web.Application, conn: Connection) -> None:
         self.conn = conn
         self.user = conn.user
@@ -139,13 +155,20 @@ class Session:
         self._metrics = app[keys.METRICS]
         self._send_limits = app[keys.SEND_LIMITS]
         self._frame_limits = app[keys.FRAME_LIMITS]
-        self._acks: set[asyncio.Task[None]] = set()
-        self._typed_at: dict[str, float] = {}
+        self._acks: set[asyncio.Task[None]] | None = None  # made when first needed
+        self._typed_at: dict[str, float] | None = None
 
     def refuse(self, code: protocol.ErrorCode, message: str, cid: str | None = None) -> None:
         """Answer a frame with an error; the connection stays open."""
         self._metrics.errors.labels(code).inc()
         self.conn.send(protocol.error(code, message, cid))
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a background task until it is done."""
+        if self._acks is None:
+            self._acks = set()
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
 
     def refuse_binary(self) -> None:
         """Binary frames are not part of the protocol; they still count against the rate."""
@@ -250,8 +273,7 @@ class Session:
 
     def _forget_presence(self, room: str) -> None:
         task = asyncio.create_task(self._left(room))
-        self._acks.add(task)
-        task.add_done_callback(self._acks.discard)
+        self._keep(task)
 
     async def _left(self, room: str) -> None:
         try:
@@ -298,8 +320,7 @@ class Session:
         # The task starts producing before the next frame is read, so one client's
         # messages reach the bus in the order it sent them.
         task = asyncio.create_task(self._publish(message.room, protocol.encode(message), cid))
-        self._acks.add(task)
-        task.add_done_callback(self._acks.discard)
+        self._keep(task)
 
     async def _publish(self, room: str, value: bytes, cid: str) -> None:
         started = time.perf_counter()
@@ -334,6 +355,8 @@ class Session:
         if not self._check_room(frame.room, joined=True):
             return
         now = time.monotonic()
+        if self._typed_at is None:
+            self._typed_at = {}
         if now - self._typed_at.get(frame.room, 0.0) < TYPING_INTERVAL_S:
             return  # one notice per burst of keystrokes is enough
         self._typed_at[frame.room] = now
