@@ -36,7 +36,11 @@ def configure(level: str, fmt: str, instance_id: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter(instance_id))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        # %-escaped: an instance id is data, not a format.
+        name = instance_id.replace("%", "%%")
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
