@@ -24,6 +24,7 @@ HISTORY_TIMEOUT_S = 2.0
 SEEN_IDS = 100_000
 BACKLOG_LIMIT = 200_000
 PRESENCE_COALESCE_S = 0.5
+STOP_TIMEOUT_S = 1.0
 
 
 class Relay:
@@ -74,13 +75,13 @@ class Relay:
     async def stop(self) -> None:
         """Handle the batches already delivered, then stop; try the backlog once more."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._batches.join(), HISTORY_TIMEOUT_S)
+            await asyncio.wait_for(self._batches.join(), STOP_TIMEOUT_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._backlog:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._history.append(list(self._backlog)), HISTORY_TIMEOUT_S)
+                await asyncio.wait_for(self._history.append(list(self._backlog)), STOP_TIMEOUT_S)
                 self._backlog.clear()
             if self._backlog:
                 log.warning(
@@ -190,8 +191,10 @@ class Relay:
                     delay = min(delay * 2, 5.0)
                     continue
                 delay = 0.2
-                for _ in chunk:
-                    self._backlog.popleft()
+                # The backlog may have been trimmed meanwhile: pop only what was written.
+                for entry in chunk:
+                    if self._backlog and self._backlog[0] is entry:
+                        self._backlog.popleft()
                 self._metrics.history_backlog.set(len(self._backlog))
             self._backlog_wake.clear()
             log.info("history caught up")

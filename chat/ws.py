@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
 STORE_TIMEOUT_S = 3.0
 LEAVE_TIMEOUT_S = 30.0
+MAX_ROOMS_PER_CONNECTION = 50
 T = TypeVar("T")
 TYPING_INTERVAL_S = 1.5
 
@@ -232,8 +233,15 @@ class Session:
         room = frame.room
         if not self._check_room(room, joined=False):
             return
+        if not self._relay.history_healthy:
+            # History is behind what was broadcast: a join now could miss messages.
+            self.refuse("unavailable", "history is catching up; join again shortly")
+            return
         if room in self.conn.rooms:
             self._hub.leave(self.conn, room)  # a re-join resynchronises; presence is unchanged
+        elif len(self.conn.rooms) >= MAX_ROOMS_PER_CONNECTION:
+            self.refuse("rate_limited", f"at most {MAX_ROOMS_PER_CONNECTION} rooms per connection")
+            return
         newcomer = self._hub.join(self.conn, room)
         try:
             if newcomer:

@@ -434,3 +434,33 @@ async def test_an_instance_started_while_redis_is_down_replays_history_when_it_r
         return ids == [before["id"], orphan.id]
 
     await eventually(replayed, what="the orphan message in history")
+
+
+async def test_rooms_per_connection_are_capped(client: Client, peers: list[Peer]) -> None:
+    from chat.ws import MAX_ROOMS_PER_CONNECTION
+
+    _, token = await register(client)
+    peer = await connect(client, token)
+    peers.append(peer)
+    for n in range(MAX_ROOMS_PER_CONNECTION):
+        await peer.send(type="join", room=f"cap-{n}", since=None)
+        await peer.expect("joined", room=f"cap-{n}")
+    await peer.send(type="join", room="one-too-many", since=None)
+    assert (await peer.expect("error"))["code"] == "rate_limited"
+    await peer.send(type="join", room="cap-0", since=None)  # a re-join is not a new room
+    await peer.expect("joined", room="cap-0")
+
+
+async def test_the_embedded_bus_refuses_records_before_it_starts() -> None:
+    from chat.bus import BusUnavailable
+    from chat.bus.embedded import EmbeddedBus
+
+    bus = EmbeddedBus()
+    with pytest.raises(BusUnavailable):
+        await bus.publish("general", b"{}")
+    bus.signal("general", b"{}")  # ephemeral: dropped, not raised
+    delivered: list[int] = []
+    await bus.start(lambda batch: delivered.extend(r.offset for r in batch), {0: 41})
+    await bus.publish("general", b"{}")
+    await bus.close()
+    assert delivered == [42]

@@ -33,12 +33,13 @@ class EmbeddedBus(Bus):
 
     def signal(self, room: str, value: bytes) -> None:
         """Append an ephemeral record."""
-        if not self._closed:
+        if self.live:
             self._append(room, value)
 
     def _append(self, room: str, value: bytes) -> None:
-        if self._closed:
-            raise BusUnavailable("the bus is closed")
+        if not self.live:
+            # Before start, offsets are not yet numbered after what history holds.
+            raise BusUnavailable("the bus is not running")
         record = Record(room, 0, self._next_offset, value, int(time.time() * 1000))
         self._next_offset += 1
         self._pending.append(record)

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 1000
 POLL_S = 0.1
 ASSIGN_WAIT_S = 20.0
-FLUSH_S = 5.0
+FLUSH_S = 3.0
+JOIN_S = 0.5
 RETRY_MAX_S = 5.0
 LAG_EVERY_S = 5.0
 
@@ -128,6 +129,9 @@ class KafkaBus(Bus):
         producer = self._producer
         if producer is None or self._closed:
             raise BusUnavailable("the bus is not running")
+        if not self._assigned.is_set():
+            # Until the consumer holds its offsets, an acknowledged record could be skipped.
+            raise BusUnavailable("the consumer is not assigned yet")
         loop = asyncio.get_running_loop()
         acked: asyncio.Future[None] = loop.create_future()
 
@@ -173,14 +177,17 @@ class KafkaBus(Bus):
         if self._closed:
             return
         self._closed = True
+        # Stop both threads first: flush() serves delivery reports itself, and the whole
+        # close must fit the 10 s a stopping instance has.
+        self._stop_poller.set()
+        self._stop_consumer.set()
         if self._producer is not None:
             left = await asyncio.to_thread(self._producer.flush, FLUSH_S)
             if left:
                 log.warning("%d records were not confirmed by the broker before shutdown", left)
-        self._stop_poller.set()
-        self._stop_consumer.set()
         for thread in self._threads:
-            await asyncio.to_thread(thread.join, FLUSH_S)
+            # Daemon threads: one stuck in a broker call does not hold the process.
+            await asyncio.to_thread(thread.join, JOIN_S)
 
     def _poll_producer(self) -> None:
         """Serve delivery reports; librdkafka calls back only from poll()."""
@@ -267,6 +274,8 @@ class KafkaBus(Bus):
                 error = msg.error()
                 if error is not None:
                     if error.fatal():
+                        if batch:  # already marked handled: hand them over first
+                            loop.call_soon_threadsafe(deliver, batch)
                         raise KafkaException(error)
                     code = error.code()
                     if time.monotonic() - reported.get(code, 0.0) > 10.0:
