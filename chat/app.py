@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -162,9 +161,10 @@ async def _start_when_history_answers(app: web.Application) -> None:
 
 async def _close_sockets(app: web.Application) -> None:
     """Close every socket at once with 1001 so clients reconnect elsewhere."""
-    connections = list(app[keys.HUB].connections)
-    with contextlib.suppress(Exception):
-        await asyncio.gather(
-            *(c.close(WSCloseCode.GOING_AWAY, "server shutting down") for c in connections),
-            return_exceptions=True,
-        )
+    await asyncio.gather(
+        *(
+            c.close(WSCloseCode.GOING_AWAY, "server shutting down")
+            for c in app[keys.HUB].connections
+        ),
+        return_exceptions=True,
+    )

@@ -13,16 +13,18 @@ class Hub:
     def __init__(self) -> None:
         self._rooms: dict[str, set[Connection]] = {}
         self._users: dict[str, set[Connection]] = {}
-        self.connections: set[Connection] = set()
+
+    @property
+    def connections(self) -> list[Connection]:
+        """Every authenticated connection on this instance."""
+        return [conn for conns in self._users.values() for conn in conns]
 
     def connect(self, conn: Connection) -> None:
         """Register an authenticated connection."""
-        self.connections.add(conn)
         self._users.setdefault(conn.user, set()).add(conn)
 
     def disconnect(self, conn: Connection) -> list[str]:
         """Forget a connection; return the rooms its user no longer has any connection in."""
-        self.connections.discard(conn)
         gone = [room for room in list(conn.rooms) if self.leave(conn, room)]
         users = self._users.get(conn.user)
         if users is not None:

@@ -59,6 +59,11 @@ class Relay:
         self._presence_due: set[str] = set()
         self._presence_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        metrics.history_backlog.set_function(lambda: len(self._backlog))
+        # Bound once: these move for every message.
+        self._messages_out = metrics.frames_out.labels("message")
+        self._typing_out = metrics.frames_out.labels("typing")
+        self._presence_out = metrics.frames_out.labels("presence")
 
     def deliver(self, batch: Sequence[Record]) -> None:
         """Take a batch from the bus; called on the event loop."""
@@ -94,11 +99,6 @@ class Relay:
         """False while history is failing and batches wait in the backlog."""
         return not self._backlog
 
-    @property
-    def history_backlog(self) -> int:
-        """Messages waiting for history."""
-        return len(self._backlog)
-
     async def _run_batches(self) -> None:
         while True:
             batch = await self._batches.get()
@@ -133,11 +133,11 @@ class Relay:
                     continue
                 sent = hub.broadcast(event.room, record.value, offset=record.offset)
                 metrics.messages_delivered.inc(sent)
-                metrics.frames_out.labels("message").inc(sent)
+                self._messages_out.inc(sent)
                 metrics.deliver_latency.observe(max(0.0, now_ms - record.timestamp_ms) / 1000)
             elif isinstance(event, protocol.TypingNotice):
                 sent = hub.broadcast(event.room, record.value, exclude_user=event.user)
-                metrics.frames_out.labels("typing").inc(sent)
+                self._typing_out.inc(sent)
             elif hub.has_room(event.room):
                 self._presence_due.add(event.room)
                 self._presence_wake.set()
@@ -164,7 +164,6 @@ class Relay:
             # running and writing at the time fills the gap (docs/reliability.md).
             self._backlog.popleft()
             self._metrics.history_dropped.inc()
-        self._metrics.history_backlog.set(len(self._backlog))
         self._backlog_wake.set()
         return {}
 
@@ -195,7 +194,6 @@ class Relay:
                 for entry in chunk:
                     if self._backlog and self._backlog[0] is entry:
                         self._backlog.popleft()
-                self._metrics.history_backlog.set(len(self._backlog))
             self._backlog_wake.clear()
             log.info("history caught up")
 
@@ -231,7 +229,7 @@ class Relay:
             self._shown_presence[room] = users
             frame = protocol.encode(protocol.Presence(room=room, users=users))
             sent = self._hub.broadcast(room, frame)
-            self._metrics.frames_out.labels("presence").inc(sent)
+            self._presence_out.inc(sent)
 
     def presence_changed(self, room: str) -> None:
         """Tell every instance that a room's presence changed."""

@@ -122,8 +122,6 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
-    app = request.app
-    app[keys.METRICS].history_backlog.set(app[keys.RELAY].history_backlog)
-    response = web.Response(body=generate_latest(app[keys.METRICS].registry))
+    response = web.Response(body=generate_latest(request.app[keys.METRICS].registry))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -73,10 +73,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     conn.send(protocol.encode(protocol.Ready(user=user, instance=settings.instance_id)))
     try:
         async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                await session.handle(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                session.refuse_binary()
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                await session.handle(msg.data, binary=msg.type is WSMsgType.BINARY)
     finally:
         await session.close()
         metrics.connections.dec()
@@ -171,25 +169,23 @@ class Session:
         self._acks.add(task)
         task.add_done_callback(self._acks.discard)
 
-    def refuse_binary(self) -> None:
-        """Binary frames are not part of the protocol; they still count against the rate."""
-        self._metrics.frames_in.labels("invalid").inc()
-        if not self._frame_limits.allow(self.user):
-            self._metrics.rate_limited.inc()
-            self.refuse("rate_limited", "too many frames; slow down")
-            return
-        self.refuse("bad_frame", "frames must be text")
+    def _too_fast(self, message: str, cid: str | None = None) -> None:
+        self._metrics.rate_limited.inc()
+        self.refuse("rate_limited", message, cid)
 
-    async def handle(self, data: str | bytes) -> None:
+    async def handle(self, data: str | bytes, *, binary: bool = False) -> None:
         """Decode one frame and act on it; nothing a client sends can raise out of here."""
-        try:
-            frame: protocol.ClientFrame | None = protocol.decode_client_frame(data)
-            refused = None
-        except protocol.FrameError as exc:
-            frame, refused = None, exc
+        frame: protocol.ClientFrame | None = None
+        refused: protocol.FrameError | None = None
+        if binary:
+            refused = protocol.FrameError("bad_frame", "frames must be text")
+        else:
+            try:
+                frame = protocol.decode_client_frame(data)
+            except protocol.FrameError as exc:
+                refused = exc
         if not self._frame_limits.allow(self.user):  # invalid frames count too
-            self._metrics.rate_limited.inc()
-            self.refuse("rate_limited", "too many frames; slow down", getattr(frame, "cid", None))
+            self._too_fast("too many frames; slow down", getattr(frame, "cid", None))
             return
         if frame is None:
             assert refused is not None
@@ -303,8 +299,7 @@ class Session:
             self.refuse("text_too_long", f"at most {protocol.MAX_TEXT_CHARS} characters", cid)
             return
         if not self._send_limits.allow(self.user):
-            self._metrics.rate_limited.inc()
-            self.refuse("rate_limited", "you are sending too fast", cid)
+            self._too_fast("you are sending too fast", cid)
             return
         message_id = protocol.message_id(frame.room, self.user, cid)
         original = None

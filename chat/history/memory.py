@@ -16,6 +16,7 @@ DEDUP_WINDOW_S = 600.0
 @dataclass(slots=True)
 class _Room:
     offsets: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
     frames: list[bytes] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
 
@@ -54,6 +55,7 @@ class MemoryHistory(HistoryStore):
                 continue
             at = bisect.bisect_left(room.offsets, entry.offset)
             room.offsets.insert(at, entry.offset)
+            room.ids.insert(at, entry.id)
             room.frames.insert(at, entry.frame)
             room.index[entry.id] = entry.offset
             self._recent[entry.id] = (now + self._dedup_window, entry.offset, entry.frame)
@@ -66,10 +68,10 @@ class MemoryHistory(HistoryStore):
     def _trim(self, room: _Room) -> None:
         excess = len(room.offsets) - self.limit
         if excess > 0:
-            gone = set(room.offsets[:excess])
-            for message_id in [i for i, o in room.index.items() if o in gone]:
+            for message_id in room.ids[:excess]:
                 del room.index[message_id]
             del room.offsets[:excess]
+            del room.ids[:excess]
             del room.frames[:excess]
 
     def _expire(self, now: float) -> None:

@@ -154,11 +154,14 @@ class RedisHistory(HistoryStore):
 
     async def find(self, room: str, message_id: str) -> bytes | None:
         """A recently sent or kept message by id."""
-        held = await self._call(self._redis.get(self._recent(room, message_id)))
+        # Both lookups in one round trip: this runs for every send.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._recent(room, message_id))
+            pipe.hget(self._frames(room), message_id)
+            held, kept = await self._call(pipe.execute())
         if held is not None:
             return bytes(held).split(b"\n", 1)[1]
-        frame = await self._call(self._redis.hget(self._frames(room), message_id))
-        return None if frame is None else bytes(frame)
+        return None if kept is None else bytes(kept)
 
     async def positions(self) -> dict[int, int]:
         """Per partition, the offset up to which every message is stored."""
