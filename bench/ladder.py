@@ -31,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,7 @@ class Stack:
                 ROOT,
             )
             self.support["redis"] = pid
-            wait_redis(redis_port, deadline, self)
+            wait_port(redis_port, deadline, self, redis=True)
             env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         if self.kind == "ours":
             if not self.embedded:
@@ -160,7 +161,7 @@ class Stack:
                     ROOT,
                 )
                 self.support["tansu"] = pid
-                wait_tcp(kafka_port, deadline, self)
+                wait_port(kafka_port, deadline, self)
                 env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{kafka_port}"
                 env["KAFKA_TOPIC"] = f"bench-{self.tag}"
                 # Tansu holds a waiting fetch for its whole wait instead of answering when
@@ -238,43 +239,49 @@ class Stack:
         self.procs.clear()
 
 
-def wait_tcp(port: int, deadline: float, stack: Stack) -> None:
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
+def poll(probe: Callable[[], str | None], deadline: float, stack: Stack, every: float) -> None:
+    """Call `probe` until it returns None (ready) instead of why not; raise that reason
+    once `deadline` has passed, or at once if a process of `stack` has exited."""
+    while (why := probe()) is not None:
         stack.check_alive()
         if time.monotonic() > deadline:
-            raise RuntimeError(f"nothing listens on port {port}")
-        time.sleep(0.05)
+            raise RuntimeError(why)
+        time.sleep(every)
 
 
-def wait_redis(port: int, deadline: float, stack: Stack) -> None:
-    while True:
+def wait_port(port: int, deadline: float, stack: Stack, redis: bool = False) -> None:
+    """Until something listens on `port` (and, with `redis`, answers PING)."""
+
+    def probe() -> str | None:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
+            if not redis:
+                return None
             s.sendall(b"PING\r\n")
             if s.recv(16).startswith(b"+PONG"):
-                return
-        stack.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"redis on port {port} did not answer PING")
-        time.sleep(0.05)
+                return None
+        if redis:
+            return f"redis on port {port} did not answer PING"
+        return f"nothing listens on port {port}"
+
+    poll(probe, deadline, stack, 0.05)
 
 
 def wait_ready(url: str, deadline: float, stack: Stack) -> None:
     last = ""
-    while True:
+
+    def probe() -> str | None:
+        nonlocal last
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
                 if resp.status == 200:
-                    return
+                    return None
         except urllib.error.HTTPError as exc:
             last = f"{exc.code} {exc.read()[:200]!r}"
         except OSError as exc:
             last = repr(exc)
-        stack.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url}/readyz not 200 in {READY_TIMEOUT_S:.0f} s: {last}")
-        time.sleep(0.2)
+        return f"{url}/readyz not 200 in {READY_TIMEOUT_S:.0f} s: {last}"
+
+    poll(probe, deadline, stack, 0.2)
 
 
 def scrape_metrics(urls: list[str]) -> list[dict[str, Any]]:

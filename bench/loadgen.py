@@ -217,7 +217,7 @@ class SocketIO(Target):
         return b"42" + _enc.encode(["send", {"room": room, "text": text, "cid": cid}])
 
 
-TARGETS: dict[str, type[Target]] = {"ours": Ours, "socketio": SocketIO}
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (Ours, SocketIO)}
 
 
 class SetupError(Exception):
@@ -481,7 +481,6 @@ class Worker:
         self.ws_ns = 1 << 62
         self.we_ns = 1 << 62
         self.latency_us = array("I")
-        self.rx_messages = 0
         self.rx_in_window = 0
         self.window_deliveries = 0
         self.window_unique = 0
@@ -504,7 +503,6 @@ class Worker:
         except ValueError:
             self.foreign += 1
             return
-        self.rx_messages += 1
         if self.ws_ns <= now < self.we_ns:
             self.rx_in_window += 1
         conn.order.append((s << 32) | n)
@@ -534,11 +532,7 @@ class Worker:
     async def run(self) -> None:
         self.send("hello", pid=os.getpid())
         await self.register()
-        self.send(
-            "registered",
-            ok=len(self.tokens) if self.target.needs_token else len(self.plans),
-            failures=dict(self.failures),
-        )
+        self.send("registered", failures=dict(self.failures))
         self.failures.clear()  # from here on: connect failures
         await self.command("connect")
         started = time.monotonic()
@@ -553,7 +547,6 @@ class Worker:
             seconds=time.monotonic() - started,
             setup_frames=setup_frames,
             setup_bytes=setup_bytes,
-            rooms=dict(Counter(p.room for p in self.plans if p.index in self.conns)),
         )
         cmd = await self.command("go", "close")
         if cmd["cmd"] == "go":
@@ -646,7 +639,6 @@ class Worker:
         first = min(self.conns) if self.conns else None
         self.send(
             "done",
-            rx_messages=self.rx_messages,
             rx_in_window=self.rx_in_window,
             window_deliveries=self.window_deliveries,
             window_unique=self.window_unique,
@@ -661,7 +653,6 @@ class Worker:
             disconnects=dict(self.disconnects),
             other_frames=self.other_frames,
             foreign=self.foreign,
-            receivers=len(self.conns),
             order=self.conns[first].order.tobytes() if first is not None else b"",
         )
 
@@ -732,11 +723,16 @@ class Worker:
         return cmd
 
 
-def worker_main(pipe: Any, cfg: dict[str, Any], plans: list[ClientPlan]) -> None:
-    """Entry point of a worker process."""
+def raise_fd_limit() -> None:
+    """Thousands of sockets per process need more than the default 1,024 descriptors."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def worker_main(pipe: Any, cfg: dict[str, Any], plans: list[ClientPlan]) -> None:
+    """Entry point of a worker process."""
+    raise_fd_limit()
     try:
         import uvloop
 
@@ -869,6 +865,11 @@ def parse_pids(spec: str) -> dict[int, str]:
     return pids
 
 
+def tally(reports: list[dict[str, Any]], key: str) -> Counter[str]:
+    """The workers' counts under `key`, added up."""
+    return sum((Counter(r[key]) for r in reports), Counter())
+
+
 def percentiles(samples_us: array[int]) -> dict[str, float | None]:
     """p50, p95, p99, p99.9, max and mean in ms, of samples in µs (an array of "I")."""
     keys = ("p50", "p95", "p99", "p999")
@@ -981,11 +982,11 @@ class Main:
             hello = self.gather("hello", 60)
             self.worker_pids = [h["pid"] for h in hello]
             registered = self.gather("registered", 60 + len(plans) * 0.05)
-            reg_failures = sum((Counter(r["failures"]) for r in registered), Counter())
+            reg_failures = tally(registered, "failures")
             before = {pid: proc_rss_kb(pid) or 0 for pid in self.server_pids}
             self.broadcast(cmd="connect")
             connected = self.gather("connected", 120 + len(plans) * 0.05)
-            conn_failures = sum((Counter(r["failures"]) for r in connected), Counter())
+            conn_failures = tally(connected, "failures")
             n_connected = sum(r["ok"] for r in connected)
             self.report = {
                 "mode": "idle" if a.idle else "rate",
@@ -1009,10 +1010,9 @@ class Main:
                 raise RuntimeError(f"no client connected: {dict(reg_failures + conn_failures)}")
             if a.idle:
                 self.idle(plans, before)
-                self.broadcast(cmd="close")
             else:
                 self.rate(n_connected)
-                self.broadcast(cmd="close")
+            self.broadcast(cmd="close")
             self.gather("bye", 30)
         except BaseException:
             for proc in self.procs:
@@ -1033,12 +1033,13 @@ class Main:
         servers = []
         for i, (pid, label) in enumerate(self.server_pids.items()):
             delta = after.get(pid, 0) - before.get(pid, 0)
-            conns = per_url[self.urls[i]] if i < len(self.urls) else len(plans)
+            url = self.urls[i] if i < len(self.urls) else None
+            conns = per_url[url] if url is not None else len(plans)
             servers.append(
                 {
                     "pid": pid,
                     "name": label,
-                    "url": self.urls[i] if i < len(self.urls) else None,
+                    "url": url,
                     "connections": conns,
                     "rss_mb_before": round(before.get(pid, 0) / 1024, 1),
                     "rss_mb_after": round(after.get(pid, 0) / 1024, 1),
@@ -1050,6 +1051,7 @@ class Main:
     def rate(self, n_connected: int) -> None:
         a = self.args
         rate = a.deliveries / n_connected if a.deliveries else a.rate
+        senders = min(a.senders, a.clients)
         t0 = time.time() + 1.0
         self.broadcast(
             cmd="go",
@@ -1057,7 +1059,7 @@ class Main:
             warmup=a.warmup,
             duration=a.duration,
             rate=rate,
-            senders=min(a.senders, a.clients),
+            senders=senders,
         )
         watched = dict(self.server_pids)
         for i, pid in enumerate(self.worker_pids):
@@ -1091,7 +1093,7 @@ class Main:
         loadgen = [sampler.result[pid] for pid in self.worker_pids]
         self.report.update(
             {
-                "senders": min(a.senders, a.clients),
+                "senders": senders,
                 "rate": round(rate, 3),
                 "target_deliveries_per_s": round(rate * n_connected),
                 "warmup_s": a.warmup,
@@ -1109,8 +1111,8 @@ class Main:
                 "latency_ms": percentiles(latency),
                 "deliveries_per_s": round(total("rx_in_window") / a.duration),
                 "send_lag_ms": percentiles(lag),
-                "errors": dict(sum((Counter(d["errors"]) for d in done), Counter())),
-                "disconnects": dict(sum((Counter(d["disconnects"]) for d in done), Counter())),
+                "errors": dict(tally(done, "errors")),
+                "disconnects": dict(tally(done, "disconnects")),
                 "other_frames": total("other_frames"),
                 "foreign_messages": total("foreign"),
                 "servers": servers,
@@ -1238,9 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     try:
         report = Main(args).run()
     except RuntimeError as exc:
