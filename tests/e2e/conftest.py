@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from .server import TEST_SECRET, ChatServer, free_port
+from .server import TEST_SECRET, ChatServer, backend_env, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Settings that would switch the server to distributed backends; the embedded ones
@@ -66,14 +65,7 @@ def distributed_vars(request: pytest.FixtureRequest) -> dict[str, str]:
     except pytest.FixtureLookupError:
         broker = request.getfixturevalue("broker")
         redis = request.getfixturevalue("redis_server")
-        tag = uuid.uuid4().hex[:12]
-        extra = {
-            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "KAFKA_TOPIC": f"e2e-{tag}",
-            "KAFKA_FETCH_WAIT_MS": "10",
-            "REDIS_URL": redis.url,
-            "REDIS_PREFIX": f"e2e-{tag}:",
-        }
+        extra = backend_env(broker.bootstrap, redis.url, "e2e")
     assert isinstance(extra, Mapping), f"distributed_env gave {type(extra).__name__}, not a mapping"
     return {k: str(v) for k, v in extra.items()}
 

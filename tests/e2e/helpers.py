@@ -77,6 +77,24 @@ def seed_client(page: Page, server: ChatServer, username: str) -> None:
     )
 
 
+def seed_clients(
+    context: BrowserContext, server: ChatServer, watch: Watch, *usernames: str
+) -> Page:
+    """Register each client over HTTP from one new watched page; that page is returned."""
+    page = watch.attach(context.new_page())
+    for username in usernames:
+        seed_client(page, server, username)
+    return page
+
+
+def open_chats(
+    context: BrowserContext, server: ChatServer, watch: Watch, *usernames: str
+) -> list[Page]:
+    """Seed the clients, then open a connected chat tab for each, in order."""
+    seed_clients(context, server, watch, *usernames)
+    return [open_chat(context, server, username, watch) for username in usernames]
+
+
 def open_chat(
     context: BrowserContext,
     server: ChatServer,

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -95,12 +96,29 @@ class ChatServer:
 
     def register(self, username: str) -> dict[str, str]:
         """POST /api/clients directly, for tests that only need a token."""
-        request = urllib.request.Request(
-            f"{self.url}/api/clients",
-            data=json.dumps({"username": username}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert response.status == 201
-            return json.loads(response.read())
+        return register_client(self.url, username)
+
+
+def register_client(base_url: str, username: str) -> dict[str, str]:
+    """POST /api/clients on the server at `base_url`; the new client and its token."""
+    request = urllib.request.Request(
+        f"{base_url}/api/clients",
+        data=json.dumps({"username": username}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 201
+        return json.loads(response.read())
+
+
+def backend_env(bootstrap: str, redis_url: str, prefix: str) -> dict[str, str]:
+    """Kafka and Redis settings with a topic and key prefix of their own, `prefix-<tag>`."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPIC": name,
+        "KAFKA_FETCH_WAIT_MS": "10",
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": f"{name}:",
+    }

@@ -14,8 +14,9 @@ from .helpers import (
     message,
     open_chat,
     open_chat_from_list,
+    open_chats,
     register,
-    seed_client,
+    seed_clients,
     seed_messages,
     send,
 )
@@ -87,10 +88,7 @@ def test_two_clients_chat_both_ways_with_presence_and_typing(
 
 def test_reload_shows_history_in_order_once(server: ChatServer, context: BrowserContext) -> None:
     watch = Watch()
-    seed_client(watch.attach(context.new_page()), server, "alice")
-    seed_client(context.pages[-1], server, "bob")
-    alice = open_chat(context, server, "alice", watch)
-    bob = open_chat(context, server, "bob", watch)
+    alice, bob = open_chats(context, server, watch, "alice", "bob")
 
     texts = ["one", "two", "three", "four from bob", "five"]
     for text in texts:
@@ -113,10 +111,7 @@ def test_server_restart_delivers_pending_message_exactly_once(
     server: ChatServer, context: BrowserContext
 ) -> None:
     watch = Watch()
-    seed_client(watch.attach(context.new_page()), server, "alice")
-    seed_client(context.pages[-1], server, "bob")
-    alice = open_chat(context, server, "alice", watch)
-    bob = open_chat(context, server, "bob", watch)
+    alice, bob = open_chats(context, server, watch, "alice", "bob")
     send(alice, "before the restart")
     expect(message(bob, "before the restart")).to_have_count(1)
 
@@ -205,10 +200,7 @@ def test_sending_faster_than_the_rate_limit_retries_each_message_once(
     server: ChatServer, context: BrowserContext
 ) -> None:
     watch = Watch()
-    seed_client(watch.attach(context.new_page()), server, "speedy")
-    seed_client(context.pages[-1], server, "calm")
-    speedy = open_chat(context, server, "speedy", watch)
-    calm = open_chat(context, server, "calm", watch)
+    speedy, calm = open_chats(context, server, watch, "speedy", "calm")
 
     texts = [f"burst {i:02d}" for i in range(20)]
     # Faster than any hand could type: all twenty in one task, well over the burst.
@@ -261,10 +253,7 @@ def test_markup_and_script_urls_stay_inert_text(
     server: ChatServer, context: BrowserContext
 ) -> None:
     watch = Watch()
-    seed_client(watch.attach(context.new_page()), server, "mallory")
-    seed_client(context.pages[-1], server, "victim")
-    mallory = open_chat(context, server, "mallory", watch)
-    victim = open_chat(context, server, "victim", watch)
+    mallory, victim = open_chats(context, server, watch, "mallory", "victim")
 
     attacks = [
         "<img src=x onerror=alert(1)>",
@@ -345,8 +334,7 @@ def test_scroll_back_loads_older_messages_without_jumping(
     watch = Watch()
     texts = [f"seed message {i:03d}" for i in range(120)]
     seed_messages(server, "general", texts)
-    seed_client(watch.attach(context.new_page()), server, "reader")
-    seed_client(context.pages[-1], server, "writer")
+    seed_clients(context, server, watch, "reader", "writer")
     reader = open_chat(context, server, "reader", watch)
 
     # The latest 50 first, scrolled to the bottom.
@@ -462,11 +450,7 @@ def _assert_only_409_logged(watch: Watch) -> None:
 
 
 def _conversation(server: ChatServer, context: BrowserContext, watch: Watch) -> tuple[Page, Page]:
-    for name in ("maya", "theo", "sam"):
-        seed_client(watch.attach(context.new_page()), server, name)
-    maya = open_chat(context, server, "maya", watch)
-    theo = open_chat(context, server, "theo", watch)
-    sam = open_chat(context, server, "sam", watch)
+    maya, theo, sam = open_chats(context, server, watch, "maya", "theo", "sam")
     lines = [
         (theo, "Morning! Did the deploy go out?"),
         (maya, "Yes, about ten minutes ago 🚀"),
@@ -484,6 +468,26 @@ def _conversation(server: ChatServer, context: BrowserContext, watch: Watch) -> 
     return maya, sam
 
 
+def _phone_with_clients_of(
+    home: Page, browser: Browser, server: ChatServer, watch: Watch, **options
+) -> BrowserContext:
+    """A phone-sized touch context holding the same stored clients as `home`."""
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        **options,
+    )
+    seed = watch.attach(phone.new_page())
+    seed.goto(f"{server.url}/")
+    seed.evaluate(
+        "(c) => localStorage.setItem('chat.clients', JSON.stringify(c))",
+        home.evaluate("() => JSON.parse(localStorage.getItem('chat.clients'))"),
+    )
+    return phone
+
+
 def test_screenshots(server: ChatServer, browser: Browser) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     watch = Watch()
@@ -498,18 +502,7 @@ def test_screenshots(server: ChatServer, browser: Browser) -> None:
     expect(home.locator("#clients .client")).to_have_count(3)
     home.screenshot(path=SCREENSHOTS / "register.png")
 
-    phone = browser.new_context(
-        viewport={"width": 390, "height": 844},
-        device_scale_factor=2,
-        is_mobile=True,
-        has_touch=True,
-    )
-    seed = watch.attach(phone.new_page())
-    seed.goto(f"{server.url}/")
-    seed.evaluate(
-        "(c) => localStorage.setItem('chat.clients', JSON.stringify(c))",
-        home.evaluate("() => JSON.parse(localStorage.getItem('chat.clients'))"),
-    )
+    phone = _phone_with_clients_of(home, browser, server, watch)
     on_phone = open_chat(phone, server, "sam", watch)
     expect(bubbles(on_phone)).to_have_count(7)
     expect(message(on_phone, "Sounds good")).to_be_in_viewport()
@@ -521,19 +514,7 @@ def test_screenshots(server: ChatServer, browser: Browser) -> None:
         width = on_phone.evaluate("() => document.documentElement.scrollWidth")
         assert width <= viewport_width, f"page is {width}px wide at {viewport_width}px"
 
-    dark = browser.new_context(
-        viewport={"width": 390, "height": 844},
-        device_scale_factor=2,
-        color_scheme="dark",
-        is_mobile=True,
-        has_touch=True,
-    )
-    seed = watch.attach(dark.new_page())
-    seed.goto(f"{server.url}/")
-    seed.evaluate(
-        "(c) => localStorage.setItem('chat.clients', JSON.stringify(c))",
-        home.evaluate("() => JSON.parse(localStorage.getItem('chat.clients'))"),
-    )
+    dark = _phone_with_clients_of(home, browser, server, watch, color_scheme="dark")
     dark_page = open_chat(dark, server, "maya", watch)
     expect(bubbles(dark_page)).to_have_count(7)
     dark_page.screenshot(path=SCREENSHOTS / "chat-phone-dark.png")

@@ -15,7 +15,6 @@ import contextlib
 import json
 import re
 import threading
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from playwright.sync_api import BrowserContext, Page, WebSocket, expect
 from tests.services import AppProcess, start_app, stop
 
 from .helpers import Watch, bubbles, expect_connected, message, send
-from .server import TEST_SECRET, free_port
+from .server import TEST_SECRET, backend_env, free_port, register_client
 
 pytestmark = pytest.mark.distributed
 
@@ -117,13 +116,8 @@ class Cluster:
 @pytest.fixture
 def cluster(broker: Any, redis_server: Any) -> Iterator[Cluster]:
     """Instances A and B on one topic and key prefix of their own, A behind the proxy."""
-    tag = uuid.uuid4().hex[:12]
     env = {
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-        "KAFKA_TOPIC": f"e2e-failover-{tag}",
-        "KAFKA_FETCH_WAIT_MS": "10",
-        "REDIS_URL": redis_server.url,
-        "REDIS_PREFIX": f"e2e-failover-{tag}:",
+        **backend_env(broker.bootstrap, redis_server.url, "e2e-failover"),
         "SECRET_KEY": TEST_SECRET,
         "ALLOWED_ORIGINS": "",
         "PYTHONUNBUFFERED": "1",
@@ -144,18 +138,6 @@ def cluster(broker: Any, redis_server: Any) -> Iterator[Cluster]:
         if b is not None:
             stop(b.proc)
             assert "Traceback" not in b.log(), b.log()
-
-
-def register(base_url: str, username: str) -> dict[str, str]:
-    request = urllib.request.Request(
-        f"{base_url}/api/clients",
-        data=json.dumps({"username": username}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 201
-        return json.loads(response.read())
 
 
 @dataclass
@@ -212,8 +194,8 @@ def test_killed_instance_clients_reconnect_elsewhere_and_recover_exactly_what_th
     watch = Watch()
     room = "failover"
     tag = uuid.uuid4().hex[:6]
-    victim_client = register(cluster.b.url, f"victim-{tag}")
-    writer_client = register(cluster.b.url, f"writer-{tag}")
+    victim_client = register_client(cluster.b.url, f"victim-{tag}")
+    writer_client = register_client(cluster.b.url, f"writer-{tag}")
 
     sockets = Sockets()
     victim = open_chat_at(context, cluster.proxy.url, victim_client, room, watch, sockets)
