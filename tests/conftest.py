@@ -127,6 +127,11 @@ class Peer:
         self.seen.append(frame)
         return frame
 
+    async def join(self, room: str, since: str | None = None) -> dict[str, Any]:
+        """Join a room and return the `joined` answer."""
+        await self.send(type="join", room=room, since=since)
+        return await self.expect("joined", room=room)
+
     async def expect(self, type_: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
         """Wait for a frame of a type (and field values), keeping others for later."""
         skipped: list[dict[str, Any]] = []
@@ -195,8 +200,7 @@ async def joined_peer(
     """Register, connect and join a room; return (username, token, peer, joined frame)."""
     username, token = await register(client, username)
     peer = await connect(client, token)
-    await peer.send(type="join", room=room, since=None)
-    joined = await peer.expect("joined", room=room)
+    joined = await peer.join(room)
     return username, token, peer, joined
 
 

@@ -88,8 +88,7 @@ async def test_the_same_cid_on_another_instance_is_one_message(
     first = await a.expect("message", cid=c)
     again = await connect(two, token)
     peers.append(again)
-    await again.send(type="join", room=room, since=first["id"])
-    await again.expect("joined", room=room)
+    await again.join(room, first["id"])
     await again.send(type="send", room=room, text="only once", cid=c)
     assert await again.expect("message", cid=c) == first
     marker = await send(again, room, "marker")
@@ -110,8 +109,7 @@ async def test_reconnecting_to_another_instance_recovers_exactly_the_gap(
     missed = [await send(writer, room, f"missed {i}") for i in range(5)]
     back = await connect(two, token)
     peers.append(back)
-    await back.send(type="join", room=room, since=last["id"])
-    joined = await back.expect("joined", room=room)
+    joined = await back.join(room, last["id"])
     assert [m["id"] for m in joined["messages"]] == [m["id"] for m in missed]
     assert joined["reset"] is False
     live = await send(writer, room, "live")
@@ -133,8 +131,7 @@ async def test_history_survives_restarting_every_instance(
     assert await history_ids(restarted, token, room) == [m["id"] for m in sent]
     again = await connect(restarted, token)
     peers.append(again)
-    await again.send(type="join", room=room, since=sent[0]["id"])
-    joined = await again.expect("joined", room=room)
+    joined = await again.join(room, sent[0]["id"])
     assert [m["id"] for m in joined["messages"]] == [m["id"] for m in sent[1:]]
 
 
@@ -164,8 +161,7 @@ async def test_a_message_kafka_took_but_history_never_saw_is_recovered(
     second = await make_client()
     watcher = await connect(second, token)
     peers.append(watcher)
-    await watcher.send(type="join", room=room, since=before["id"])
-    joined = await watcher.expect("joined", room=room)
+    joined = await watcher.join(room, before["id"])
     if not joined["messages"]:
         await watcher.expect("message", room=room, id=orphan.id)
     else:
@@ -264,8 +260,7 @@ async def test_a_lagging_instance_does_not_repeat_what_a_join_already_showed(
     _, token = await register(two)
     reader = await connect(two, token)
     peers.append(reader)
-    await reader.send(type="join", room=room, since=None)
-    joined = await reader.expect("joined", room=room)
+    joined = await reader.join(room)
     assert [m["id"] for m in joined["messages"]] == [m["id"] for m in shown]
     gated.release()
     fresh = await send(writer, room, "new")

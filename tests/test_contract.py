@@ -299,8 +299,7 @@ async def test_resending_a_cid_never_makes_a_second_message(
     await peer.close()
     retry = await connect(client, token)
     peers.append(retry)
-    await retry.send(type="join", room="general", since=first["id"])
-    assert (await retry.expect("joined"))["messages"] == []
+    assert (await retry.join("general", first["id"]))["messages"] == []
     await retry.send(type="send", room="general", text="once", cid=c)
     again = await retry.expect("message", cid=c)
     assert again == first
@@ -351,8 +350,7 @@ async def test_one_order_for_every_client_and_history(client: Client, peers: lis
         f"/api/rooms/{room}/messages?limit=100", headers={"Authorization": f"Bearer {token}"}
     )
     assert [m["id"] for m in (await resp.json())["messages"]] == orders[0]
-    await members[0][2].send(type="join", room=room, since=None)
-    joined = await members[0][2].expect("joined", room=room)
+    joined = await members[0][2].join(room)
     assert [m["id"] for m in joined["messages"]] == orders[0]
     await members[0][2].send(type="history", room=room, before=orders[0][-1], limit=100)
     history = await members[0][2].expect("history", room=room)
@@ -386,8 +384,7 @@ async def test_join_with_since_recovers_exactly_the_gap(client: Client, peers: l
     missed = [await send(writer, room, f"missed {i}") for i in range(4)]
     back = await connect(client, token)
     peers.append(back)
-    await back.send(type="join", room=room, since=seen["id"])
-    joined = await back.expect("joined", room=room)
+    joined = await back.join(room, seen["id"])
     assert [m["id"] for m in joined["messages"]] == [m["id"] for m in missed]
     assert joined["reset"] is False
     live = await send(writer, room, "live")
@@ -402,8 +399,7 @@ async def test_join_with_unknown_since_resets(client: Client, peers: list[Peer])
     _, token = await register(client)
     peer = await connect(client, token)
     peers.append(peer)
-    await peer.send(type="join", room=room, since="no-such-id")
-    joined = await peer.expect("joined", room=room)
+    joined = await peer.join(room, "no-such-id")
     assert joined["reset"] is True
     assert [m["id"] for m in joined["messages"]] == [latest["id"]]
 
@@ -425,8 +421,7 @@ async def test_messages_during_a_join_are_neither_lost_nor_doubled(
     reader = await connect(client, token)
     peers.append(reader)
     writing = asyncio.create_task(write())
-    await reader.send(type="join", room=room, since=None)
-    joined = await reader.expect("joined", room=room)
+    joined = await reader.join(room)
     await writing
     await writer.messages(room, len(cids))
     got = [m["cid"] for m in joined["messages"]]

@@ -59,8 +59,7 @@ def test_decoding_any_json_object_yields_a_frame_or_a_frame_error(obj: dict[str,
 async def test_the_handler_answers_every_frame_and_survives(client: TestClient[Any, Any]) -> None:
     _, token = await register(client)
     peer = await connect(client, token)
-    await peer.send(type="join", room="general", since=None)
-    await peer.expect("joined")
+    await peer.join("general")
 
     @settings(
         max_examples=150,

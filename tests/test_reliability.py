@@ -108,8 +108,7 @@ async def test_the_send_rate_is_per_user_across_connections(
     room = unique("flood")[:20]
     _, token, first, _ = await joined_peer(client, room)
     second = await connect(client, token)
-    await second.send(type="join", room=room, since=None)
-    await second.expect("joined", room=room)
+    await second.join(room)
     _, _, other, _ = await joined_peer(client, room)
     peers.extend([first, second, other])
     await send(first, room, "one")
@@ -273,8 +272,7 @@ async def test_a_killed_instance_loses_nothing_for_its_clients(
         peers.append(writer)
         _, token = await register(survivor)
         victim = await remote_peer(session, doomed.url, token)
-        await victim.send(type="join", room=room, since=None)
-        await victim.expect("joined", room=room)
+        await victim.join(room)
         seen = await send(writer, room, "seen by the victim")
         assert (await victim.expect("message", room=room))["id"] == seen["id"]
         await asyncio.to_thread(doomed.kill)
@@ -282,8 +280,7 @@ async def test_a_killed_instance_loses_nothing_for_its_clients(
         missed = [await send(writer, room, f"missed {i}") for i in range(3)]
         back = await connect(survivor, token)
         peers.append(back)
-        await back.send(type="join", room=room, since=seen["id"])
-        joined = await back.expect("joined", room=room)
+        joined = await back.join(room, seen["id"])
         assert [m["id"] for m in joined["messages"]] == [m["id"] for m in missed]
     finally:
         await asyncio.to_thread(doomed.kill)
@@ -301,8 +298,7 @@ async def test_stop_signals_close_sockets_with_1001_and_exit_0(
         ) as resp:
             token = (await resp.json())["token"]
         peer = await remote_peer(session, instance.url, token)
-        await peer.send(type="join", room="general", since=None)
-        await peer.expect("joined")
+        await peer.join("general")
         acked = await send(peer, "general", "last words")
         started = time.monotonic()
         instance.proc.send_signal(sig)
@@ -375,8 +371,7 @@ async def test_reconnecting_does_not_reset_the_send_rate(
     await first.close()
     back = await connect(client, token)
     peers.append(back)
-    await back.send(type="join", room=room, since=None)
-    await back.expect("joined", room=room)
+    await back.join(room)
     c = new_cid()
     await back.send(type="send", room=room, text="three", cid=c)
     assert (await back.expect("error", cid=c))["code"] == "rate_limited"
@@ -443,12 +438,10 @@ async def test_rooms_per_connection_are_capped(client: Client, peers: list[Peer]
     peer = await connect(client, token)
     peers.append(peer)
     for n in range(MAX_ROOMS_PER_CONNECTION):
-        await peer.send(type="join", room=f"cap-{n}", since=None)
-        await peer.expect("joined", room=f"cap-{n}")
+        await peer.join(f"cap-{n}")
     await peer.send(type="join", room="one-too-many", since=None)
     assert (await peer.expect("error"))["code"] == "rate_limited"
-    await peer.send(type="join", room="cap-0", since=None)  # a re-join is not a new room
-    await peer.expect("joined", room="cap-0")
+    await peer.join("cap-0")  # a re-join is not a new room
 
 
 async def test_the_embedded_bus_refuses_records_before_it_starts() -> None:
