@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
+from confluent_kafka import Producer
 
-from chat import create_app
+from chat import create_app, protocol
 from chat.bus import Bus
 from chat.settings import Secret, Settings
 from tests.services import Broker, RedisServer, run_broker, run_redis
@@ -162,6 +163,22 @@ class Peer:
     async def close(self) -> None:
         """Close from the client side."""
         await self.ws.close()
+
+
+def produce_orphan(settings: Settings, room: str, user: str, text: str) -> protocol.Message:
+    """Put a message on the bus as a dead instance would have: acknowledged, not in history."""
+    orphan = protocol.Message(
+        room=room,
+        id=protocol.message_id(room, user, "orphan"),
+        user=user,
+        text=text,
+        ts=int(time.time() * 1000),
+        cid="orphan",
+    )
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "acks": "all"})
+    producer.produce(settings.kafka_topic, value=protocol.encode(orphan), key=room.encode())
+    assert producer.flush(10) == 0
+    return orphan
 
 
 def new_cid() -> str:

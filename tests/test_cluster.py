@@ -11,14 +11,22 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from confluent_kafka import Producer
 
-from chat import protocol
 from chat.bus import Deliver, Record
 from chat.bus.kafka import KafkaBus
 from chat.metrics import Metrics
 from chat.settings import Settings
-from tests.conftest import TEST_SECRET, Peer, connect, joined_peer, new_cid, register, send, unique
+from tests.conftest import (
+    TEST_SECRET,
+    Peer,
+    connect,
+    joined_peer,
+    new_cid,
+    produce_orphan,
+    register,
+    send,
+    unique,
+)
 from tests.services import start_app
 
 pytestmark = [pytest.mark.distributed, pytest.mark.parametrize("backend", ["distributed"])]
@@ -146,18 +154,7 @@ async def test_a_message_kafka_took_but_history_never_saw_is_recovered(
     before = await send(peer, room, "before the crash")
     await peer.close()
     await first.close()
-    # What the dead instance had produced: acknowledged by Kafka, never written to Redis.
-    orphan = protocol.Message(
-        room=room,
-        id=protocol.message_id(room, user, "orphan"),
-        user=user,
-        text="acknowledged, then the instance died",
-        ts=int(time.time() * 1000),
-        cid="orphan",
-    )
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "acks": "all"})
-    producer.produce(settings.kafka_topic, value=protocol.encode(orphan), key=room.encode())
-    assert producer.flush(10) == 0
+    orphan = produce_orphan(settings, room, user, "acknowledged, then the instance died")
     second = await make_client()
     watcher = await connect(second, token)
     peers.append(watcher)

@@ -23,6 +23,7 @@ from tests.conftest import (
     eventually,
     joined_peer,
     new_cid,
+    produce_orphan,
     register,
     send,
     unique,
@@ -384,10 +385,6 @@ async def test_an_instance_started_while_redis_is_down_replays_history_when_it_r
     own_redis: RedisServer,
     peers: list[Peer],
 ) -> None:
-    from confluent_kafka import Producer
-
-    from chat import protocol
-
     redis_url = Secret(own_redis.url)
     first = await make_client(redis_url=redis_url)
     room = unique("late")[:20]
@@ -397,19 +394,7 @@ async def test_an_instance_started_while_redis_is_down_replays_history_when_it_r
     await first.close()
     own_redis.pause()
     try:
-        # Acknowledged by Kafka for an instance that then died, before Redis had it.
-        orphan = protocol.Message(
-            room=room,
-            id=protocol.message_id(room, user, "orphan"),
-            user=user,
-            text="only Kafka has me",
-            ts=int(time.time() * 1000),
-            cid="orphan",
-        )
-        settings = make_settings()
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
-        producer.produce(settings.kafka_topic, value=protocol.encode(orphan), key=room.encode())
-        assert producer.flush(10) == 0
+        orphan = produce_orphan(make_settings(), room, user, "only Kafka has me")
         second = await make_client(redis_url=redis_url)
         resp = await second.get("/readyz")
         assert resp.status == 503
