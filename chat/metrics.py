@@ -20,14 +20,19 @@ class Metrics:
             "chat_frames_in", "Client frames received, by type.", ["type"], registry=r
         )
         self.frames_out = Counter(
-            "chat_frames_out", "Frames sent or queued to local sockets, by type.", ["type"], registry=r
+            "chat_frames_out",
+            "Frames sent or queued to local sockets, by type.",
+            ["type"],
+            registry=r,
         )
         self.errors = Counter("chat_errors", "Error frames sent, by code.", ["code"], registry=r)
         self.messages_produced = Counter(
             "chat_messages_produced", "Chat messages the bus confirmed.", registry=r
         )
         self.messages_delivered = Counter(
-            "chat_messages_delivered", "Chat message frames sent or queued to local sockets.", registry=r
+            "chat_messages_delivered",
+            "Chat message frames sent or queued to local sockets.",
+            registry=r,
         )
         self.produce_latency = Histogram(
             "chat_produce_ack_seconds",
