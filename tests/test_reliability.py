@@ -442,3 +442,32 @@ async def test_the_embedded_bus_refuses_records_before_it_starts() -> None:
     await bus.publish("general", b"{}")
     await bus.close()
     assert delivered == [42]
+
+
+@distributed_only
+async def test_a_join_while_history_is_behind_is_refused_until_it_catches_up(
+    make_client: MakeClient, own_redis: RedisServer, peers: list[Peer]
+) -> None:
+    client = await make_client(redis_url=Secret(own_redis.url))
+    room = unique("behind")[:20]
+    _, token, writer, _ = await joined_peer(client, room)
+    peers.append(writer)
+    own_redis.pause()
+    try:
+        await send(writer, room, "broadcast, not yet in history", timeout=15)
+        late = await connect(client, token)
+        peers.append(late)
+        started = time.monotonic()
+        await late.send(type="join", room=room, since=None)
+        refused = await late.expect("error")
+        assert refused["code"] == "unavailable" and "catching up" in refused["message"]
+        assert time.monotonic() - started < 1.0  # refused before touching Redis
+    finally:
+        own_redis.resume()
+
+    async def joined() -> bool:
+        await late.send(type="join", room=room, since=None)
+        frame = await late.recv()
+        return frame["type"] == "joined"
+
+    await eventually(joined, what="a join once history caught up")
